@@ -1,0 +1,130 @@
+"""The routing-log schema (spec section 9): one record per instance plus a pool description."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, Mapping, Sequence
+
+Protocol = Literal["multi_turn", "single_call"]
+PROTOCOLS = ("multi_turn", "single_call")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """One candidate LLM: prices in USD per 1M tokens, and a description for the prompt."""
+
+    name: str
+    price_in: float = 0.0
+    price_out: float = 0.0
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"ModelInfo.name must be a non-empty string, got {self.name!r}")
+        for field in ("price_in", "price_out"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"ModelInfo {self.name!r}: {field} must be a finite number >= 0, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingRecord:
+    """One instance of a routing log.
+
+    scores: model -> score in [0, 1] (EM/F1/accuracy of that model's reply).
+    responses: model -> logged reply text (optional; score-only logs have none).
+    costs: model -> logged cost of one call in USD (optional; else from prices).
+    """
+
+    id: str
+    dataset: str
+    question: str
+    golden_answers: tuple[str, ...]
+    scores: Mapping[str, float]
+    responses: Mapping[str, str] | None = None
+    costs: Mapping[str, float] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.question, str):
+            raise ValueError(f"record {self.id!r}: question must be a string")
+        if isinstance(self.golden_answers, str):
+            raise ValueError(f"record {self.id!r}: golden_answers must be a list of strings, got a string")
+        object.__setattr__(self, "golden_answers", tuple(str(a) for a in self.golden_answers))
+        for name, score in self.scores.items():
+            if not isinstance(score, (int, float)) or not math.isfinite(score):
+                raise ValueError(f"record {self.id!r}: score of {name!r} is not a finite number: {score!r}")
+        if self.costs is not None:
+            for name, cost in self.costs.items():
+                if not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
+                    raise ValueError(f"record {self.id!r}: cost of {name!r} must be finite and >= 0: {cost!r}")
+
+    def to_json(self) -> dict:
+        out = {
+            "id": self.id,
+            "dataset": self.dataset,
+            "question": self.question,
+            "golden_answers": list(self.golden_answers),
+            "scores": dict(self.scores),
+        }
+        if self.responses is not None:
+            out["responses"] = dict(self.responses)
+        if self.costs is not None:
+            out["costs"] = dict(self.costs)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping, where: str = "record") -> "RoutingRecord":
+        missing = [k for k in ("id", "dataset", "question", "golden_answers", "scores") if k not in obj]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        if not isinstance(obj["scores"], Mapping):
+            raise ValueError(f"{where}: 'scores' must be an object mapping model -> score")
+        return cls(
+            id=str(obj["id"]),
+            dataset=str(obj["dataset"]),
+            question=obj["question"],
+            golden_answers=tuple(obj["golden_answers"]),
+            scores={str(k): float(v) for k, v in obj["scores"].items()},
+            responses=dict(obj["responses"]) if obj.get("responses") is not None else None,
+            costs={str(k): float(v) for k, v in obj["costs"].items()} if obj.get("costs") is not None else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutingLog:
+    """A suite split: records, the candidate pool, the dataset order (ids = index), the protocol."""
+
+    records: tuple[RoutingRecord, ...]
+    models: Mapping[str, ModelInfo]
+    datasets: tuple[str, ...]
+    protocol: Protocol = "multi_turn"
+    name: str = "log"
+
+    def __post_init__(self):
+        object.__setattr__(self, "records", tuple(self.records))
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; expected one of {PROTOCOLS}")
+        if not self.models:
+            raise ValueError(f"routing log {self.name!r} has no models")
+        known = set(self.datasets)
+        for r in self.records:
+            if r.dataset not in known:
+                raise ValueError(f"record {r.id!r} has dataset {r.dataset!r}, not in {list(self.datasets)}")
+            unknown = set(r.scores) - set(self.models)
+            if unknown:
+                raise ValueError(f"record {r.id!r} scores unknown model(s) {sorted(unknown)}")
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+    def dataset_id(self, record: RoutingRecord) -> int:
+        return self.datasets.index(record.dataset)
+
+    def subset(self, records: Sequence[RoutingRecord], name: str | None = None) -> "RoutingLog":
+        return dataclasses.replace(self, records=tuple(records), name=name or self.name)
+
+    def __len__(self) -> int:
+        return len(self.records)
