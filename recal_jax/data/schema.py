@@ -9,6 +9,11 @@ from typing import Literal, Mapping, Sequence
 Protocol = Literal["multi_turn", "single_call"]
 PROTOCOLS = ("multi_turn", "single_call")
 
+# Token counts assumed for one call when a log has no per-call cost: a short routed query
+# and a short reply. Costs then follow from the pool's prices (USD per 1M tokens).
+ESTIMATED_PROMPT_TOKENS = 128
+ESTIMATED_COMPLETION_TOKENS = 128
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
@@ -119,6 +124,13 @@ class RoutingLog:
     @property
     def model_names(self) -> tuple[str, ...]:
         return tuple(self.models)
+
+    def call_cost(self, record: RoutingRecord, model: str) -> float:
+        """USD cost of one call of `model` on `record`: the logged cost, else prices x estimated tokens."""
+        if record.costs is not None and model in record.costs:
+            return float(record.costs[model])
+        info = self.models[model]
+        return (info.price_in * ESTIMATED_PROMPT_TOKENS + info.price_out * ESTIMATED_COMPLETION_TOKENS) / 1e6
 
     def dataset_id(self, record: RoutingRecord) -> int:
         return self.datasets.index(record.dataset)
