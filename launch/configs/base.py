@@ -1,0 +1,42 @@
+"""Defaults shared by every config; each experiment config starts from `get_config()` here."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.suite = "synthetic"  # synthetic | dcrouter | nq_pool6 | qa7
+    c.data_dir = ""  # for real suites: the directory holding the suite's files
+    c.synthetic = ml_collections.ConfigDict(dict(n_train_per_family=300, n_test_per_family=100))
+    c.max_test_instances = 0  # 0 = the whole test split
+    c.max_train_instances = 0
+
+    c.model = ml_collections.ConfigDict(
+        dict(preset="tiny", pretrained_path="", dtype="float32", num_layers=0, hidden_size=0)
+    )
+    c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=1024, max_question_tokens=0))
+    c.prompt_style = "compact"  # compact (tiny policies) | full (instruction-tuned policies)
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    c.sft = ml_collections.ConfigDict(
+        dict(steps=300, batch_size=64, learning_rate=3e-3, warmup_steps=30, routing="mixed",
+             best_prob=0.5, epochs_cap=0)
+    )
+    c.grpo = ml_collections.ConfigDict(
+        dict(
+            steps=60, instances_per_step=16, group_size=8, updates_per_batch=1, microbatches=1,
+            learning_rate=1e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
+            clip_low=0.2, clip_high=0.2, dual_clip=0.0, kl_coef=0.001, kl_kind="k3",
+            loss_agg="token-mean", temperature=1.0, top_p=1.0, max_turns=2,
+            max_new_tokens_per_turn=48, max_total_tokens=160, max_info_tokens=24,
+            recompute_old_logprobs=True,
+        )
+    )
+    c.calibration = ml_collections.ConfigDict(dict(preset="recal", tau=1.0, overrides=""))
+    c.reward = ml_collections.ConfigDict(dict(answer_metric="em", cost_ref=0.0, route_rule="linear"))
+    c.eval = ml_collections.ConfigDict(dict(every=0, greedy=True, batch_size=128, after_sft=True))
+    c.pool = ml_collections.ConfigDict(dict(endpoints="", cache_dir="", concurrency=32))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
+    c.log_every = 1
+    return c

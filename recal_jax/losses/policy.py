@@ -1,0 +1,129 @@
+"""GRPO/PPO clipped policy objective (spec section 7)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from recal_jax.losses.aggregation import aggregate_terms, check_mode, masked
+from recal_jax.losses.kl import KL_KINDS, LOG_RATIO_CLIP, kl_penalty
+from recal_jax.losses.terms import LossTerms
+
+
+def _check_inputs(logp, logp_old, advantages, loss_mask, logp_ref, entropy):
+    shape = jnp.shape(logp)
+    if len(shape) != 2:
+        raise ValueError(f"policy_loss: logp must be [B, T]; got shape {shape}")
+    for name, arr in (("logp_old", logp_old), ("loss_mask", loss_mask),
+                      ("logp_ref", logp_ref), ("entropy", entropy)):
+        if arr is not None and jnp.shape(arr) != shape:
+            raise ValueError(f"policy_loss: {name} has shape {jnp.shape(arr)}, logp has {shape}")
+    adv_shape = jnp.shape(advantages)
+    if adv_shape not in ((shape[0],), shape):
+        raise ValueError(
+            f"policy_loss: advantages must be [B]={shape[0]} or [B, T]={shape}; got {adv_shape}"
+        )
+
+
+def policy_loss(
+    logp: jax.Array,
+    logp_old: jax.Array,
+    advantages: jax.Array,
+    loss_mask: jax.Array,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    dual_clip: float | None = None,
+    agg: str = "token-mean",
+    logp_ref: jax.Array | None = None,
+    kl_coef: float = 0.0,
+    kl_kind: str = "k3",
+    entropy: jax.Array | None = None,
+) -> tuple[LossTerms, dict]:
+    """Clipped surrogate loss with optional dual clip and KL penalty.
+
+    Args:
+      logp: f32[B,T] log-probs of the sampled tokens under the current policy.
+      logp_old: f32[B,T] the same under the policy that sampled them.
+      advantages: f32[B] (one per rollout, A_i) or f32[B,T].
+      loss_mask: f32[B,T], 1 on policy-written tokens.
+      clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high].
+      dual_clip: c > 1; where A < 0 the token loss is capped at -A * c. None: off.
+      agg: aggregation mode (recal_jax.losses.AGG_MODES).
+      logp_ref, kl_coef, kl_kind: add kl_coef * kl_penalty(logp, logp_ref, kl_kind) per
+        token (needs logp_ref when kl_coef != 0).
+      entropy: f32[B,T] per-token entropy, reported as a metric only.
+
+    Per token: rho = exp(clip(logp - logp_old, -20, 20)),
+    l = max(-A rho, -A clip(rho, 1 - clip_low, 1 + clip_high)) [+ dual clip] [+ beta KL].
+
+    Returns:
+      (loss, aux). loss: LossTerms(total, denom) under `agg`; loss.value() is the scalar.
+      aux: dict of metrics, all computed without gradient:
+        LossTerms (token means over the mask, additive across micro-batches):
+          pg_loss (the policy term alone, under `agg`), clipfrac_high (A > 0 and
+          rho > 1 + clip_high: upper clip binds), clipfrac_low (A < 0 and
+          rho < 1 - clip_low: lower clip binds), dualclip_frac (dual clip binds),
+          approx_kl (k3 estimate of KL(pi_old || pi)), ratio_mean, and kl (when logp_ref
+          is given), entropy (when given).
+        scalars: ratio_min, ratio_max over masked tokens (1.0 when no token counts);
+          reduce them across micro-batches with min / max.
+    """
+    _check_inputs(logp, logp_old, advantages, loss_mask, logp_ref, entropy)
+    check_mode(agg)
+    if kl_kind not in KL_KINDS:
+        raise ValueError(f"unknown KL estimator {kl_kind!r}; expected one of {KL_KINDS}")
+    if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
+        raise ValueError(f"policy_loss: need 0 <= clip_low < 1 and clip_high >= 0; "
+                         f"got clip_low={clip_low}, clip_high={clip_high}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"policy_loss: dual_clip must be > 1; got {dual_clip}")
+    if kl_coef != 0.0 and logp_ref is None:
+        raise ValueError("policy_loss: kl_coef != 0 needs logp_ref")
+
+    logp = jnp.asarray(logp, jnp.float32)
+    logp_old = jnp.asarray(logp_old, jnp.float32)
+    mask = jnp.asarray(loss_mask, jnp.float32)
+    adv = jnp.asarray(advantages, jnp.float32)
+    adv_bt = jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, logp.shape)
+
+    log_ratio = jnp.clip(logp - logp_old, -LOG_RATIO_CLIP, LOG_RATIO_CLIP)
+    ratio = jnp.exp(log_ratio)
+    unclipped = -adv_bt * ratio
+    clipped = -adv_bt * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    pg_bt = jnp.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        capped = jnp.minimum(pg_bt, -adv_bt * dual_clip)
+        dual_active = (adv_bt < 0) & (capped < pg_bt)
+        pg_bt = jnp.where(adv_bt < 0, capped, pg_bt)
+    else:
+        dual_active = jnp.zeros(logp.shape, bool)
+
+    loss_bt = pg_bt
+    aux = {}
+    if logp_ref is not None:
+        kl_bt = kl_penalty(logp, logp_ref, kl_kind)
+        if kl_coef != 0.0:
+            loss_bt = loss_bt + kl_coef * kl_bt
+        aux["kl"] = aggregate_terms(jax.lax.stop_gradient(kl_bt), mask, "token-mean")
+
+    loss = aggregate_terms(loss_bt, mask, agg)
+
+    sg = jax.lax.stop_gradient
+    ratio_sg = sg(ratio)
+    frac = lambda cond: aggregate_terms(cond.astype(jnp.float32), mask, "token-mean")
+    aux["pg_loss"] = aggregate_terms(sg(pg_bt), mask, agg)
+    aux["clipfrac_high"] = frac((adv_bt > 0) & (ratio_sg > 1.0 + clip_high))
+    aux["clipfrac_low"] = frac((adv_bt < 0) & (ratio_sg < 1.0 - clip_low))
+    aux["dualclip_frac"] = frac(sg(dual_active))
+    aux["approx_kl"] = aggregate_terms(
+        kl_penalty(sg(logp_old), sg(logp), "k3"), mask, "token-mean")
+    aux["ratio_mean"] = aggregate_terms(ratio_sg, mask, "token-mean")
+    if entropy is not None:
+        aux["entropy"] = aggregate_terms(sg(jnp.asarray(entropy, jnp.float32)), mask,
+                                         "token-mean")
+    has_any = jnp.any(mask != 0)
+    aux["ratio_min"] = jnp.where(
+        has_any, jnp.min(jnp.where(mask != 0, ratio_sg, jnp.inf)), 1.0)
+    aux["ratio_max"] = jnp.where(
+        has_any, jnp.max(jnp.where(mask != 0, ratio_sg, -jnp.inf)), 1.0)
+    return loss, aux

@@ -1,0 +1,232 @@
+"""Serve any pool as an OpenAI-compatible chat API on 127.0.0.1, with fault injection for tests.
+
+    POST /v1/chat/completions   the `model` field picks the pool model; the last user message
+                                is the query, matched to a record by question (exact, then
+                                SQuAD-normalised); unmatched queries go through as bare queries
+                                when the pool does not need records (SimulatedPool, OpenAIPool)
+    GET  /v1/models
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+from typing import Iterator, Sequence
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from recal_jax.data.schema import RoutingLog, RoutingRecord
+from recal_jax.routing.answers import normalize_answer
+from recal_jax.routing.pools.base import Pool, estimate_tokens
+
+LOCALHOST = "127.0.0.1"
+_FAULTS = ("drop", "malformed", "slow")
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultConfig:
+    """Faults per request key (model, query): the i-th request of a key (0-based) gets
+    `schedule[i]`, later ones are served normally. Entries: an HTTP status as a string
+    ("429", "500", ...), "drop" (headers and part of the body, then the connection closes),
+    "malformed" (HTTP 200 with broken JSON), "slow" (sleep `slow_s` first, then serve).
+    `delay_s` delays every reply."""
+
+    schedule: tuple[str, ...] = ()
+    slow_s: float = 1.0
+    delay_s: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "schedule", tuple(self.schedule))
+        for f in self.schedule:
+            if f not in _FAULTS and not (f.isdigit() and 400 <= int(f) <= 599):
+                raise ValueError(f"unknown fault {f!r}; use an HTTP status 400-599 or one of {_FAULTS}")
+        if self.slow_s < 0 or self.delay_s < 0:
+            raise ValueError("slow_s and delay_s must be >= 0")
+
+    @classmethod
+    def fail_first(cls, n: int, status: int = 429, **kw) -> "FaultConfig":
+        return cls(schedule=(str(status),) * n, **kw)
+
+
+@dataclasses.dataclass
+class ServerCounters:
+    """requests: every POST to chat/completions; per_key: requests per (model, query);
+    faults: injected faults by kind; served: successful completions."""
+
+    requests: int = 0
+    served: int = 0
+    per_key: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    faults: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+def _user_query(messages) -> str | None:
+    if not isinstance(messages, list):
+        return None
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return None
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+class _DroppedResponse(Response):
+    """Promise a body, send half of it, return: the server closes the connection mid-reply."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"id": "chatcmpl-drop", "cho', "more_body": True})
+
+
+class RecordIndex:
+    """Question -> record: exact match first, then SQuAD-normalised match."""
+
+    def __init__(self, records: Sequence[RoutingRecord]):
+        self.exact: dict[str, RoutingRecord] = {}
+        self.normalised: dict[str, RoutingRecord] = {}
+        for r in records:
+            self.exact.setdefault(r.question, r)
+            self.normalised.setdefault(normalize_answer(r.question), r)
+
+    def find(self, query: str) -> RoutingRecord | None:
+        return self.exact.get(query) or self.normalised.get(normalize_answer(query))
+
+
+def make_app(
+    pool: Pool,
+    records: Sequence[RoutingRecord] | RoutingLog | None = None,
+    faults: FaultConfig | None = None,
+) -> FastAPI:
+    """The app; its `state.counters` (ServerCounters) counts requests and injected faults."""
+    if records is None:
+        log = getattr(pool, "log", None)
+        records = log.records if isinstance(log, RoutingLog) else ()
+    elif isinstance(records, RoutingLog):
+        records = records.records
+    index = RecordIndex(records)
+    faults = faults or FaultConfig()
+    counters = ServerCounters()
+    app = FastAPI(title="recal-jax pool server")
+    app.state.counters = counters
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [
+            {"id": n, "object": "model", "created": 0, "owned_by": "recal-jax"} for n in pool.model_names
+        ]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        counters.requests += 1
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not valid JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object", "invalid_request_error")
+        model, query = body.get("model"), _user_query(body.get("messages"))
+        if not isinstance(model, str) or query is None:
+            return _error(400, "need a string 'model' and a user message", "invalid_request_error")
+        key = (model, query)
+        n = counters.per_key[key]
+        counters.per_key[key] += 1
+        fault = faults.schedule[n] if n < len(faults.schedule) else None
+        if faults.delay_s:
+            await asyncio.sleep(faults.delay_s)
+        if fault is not None:
+            counters.faults[fault] += 1
+        if fault is not None and fault.isdigit():
+            return _error(int(fault), f"injected fault {fault}", "injected_fault")
+        if fault == "drop":
+            return _DroppedResponse()
+        if fault == "malformed":
+            return Response('{"id": "chatcmpl-bad", "choices": [{"message": ', media_type="application/json")
+        if fault == "slow":
+            await asyncio.sleep(faults.slow_s)
+
+        if model not in pool.model_names:
+            return _error(404, f"unknown model {model!r}; pool has {list(pool.model_names)}", "model_not_found")
+        record = index.find(query)
+        if record is None and pool.needs_record:
+            return _error(400, "no record matches the question", "invalid_request_error")
+        reply = await pool.call(model, query, record)
+        if not reply.ok:
+            return _error(502, reply.error or "pool call failed", "upstream_error")
+        pt = reply.prompt_tokens or estimate_tokens(query)
+        ct = reply.completion_tokens or estimate_tokens(reply.text)
+        counters.served += 1
+        return {
+            "id": f"chatcmpl-{counters.requests}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+        }
+
+    return app
+
+
+def _check_host(host: str) -> None:
+    if host not in (LOCALHOST, "localhost"):
+        raise ValueError(f"the pool server binds only {LOCALHOST}, got host={host!r}")
+
+
+def serve(pool: Pool, host: str = LOCALHOST, port: int = 8000, *, records=None,
+          faults: FaultConfig | None = None, log_level: str = "info") -> None:
+    """Blocking: serve `pool` until interrupted."""
+    _check_host(host)
+    uvicorn.run(make_app(pool, records, faults), host=host, port=int(port), log_level=log_level)
+
+
+@dataclasses.dataclass
+class ServerHandle:
+    base_url: str  # e.g. http://127.0.0.1:PORT/v1 (what OpenAI clients take)
+    port: int
+    app: FastAPI
+
+    @property
+    def counters(self) -> ServerCounters:
+        return self.app.state.counters
+
+
+@contextlib.contextmanager
+def running_server(pool: Pool, *, records=None, faults: FaultConfig | None = None,
+                   log_level: str = "critical", startup_timeout_s: float = 20.0) -> Iterator[ServerHandle]:
+    """Serve on a free 127.0.0.1 port from a background thread for the duration of the block."""
+    app = make_app(pool, records, faults)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((LOCALHOST, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError("pool server did not start")
+        time.sleep(0.01)
+    try:
+        yield ServerHandle(base_url=f"http://{LOCALHOST}:{port}/v1", port=port, app=app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
+        sock.close()

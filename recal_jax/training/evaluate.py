@@ -1,0 +1,92 @@
+"""Evaluate a policy on a split: per-dataset accuracy, cost, routing distribution, format rate,
+next to the reference routers computed from the same log."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import jax
+import numpy as np
+
+from recal_jax.data.schema import RoutingLog
+from recal_jax.training.reference_routers import RouterResult, reference_routers
+from recal_jax.training.rollouts import RolloutRunner, dataset_ids
+
+
+def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq_m,
+                    batch_size: int = 128, greedy: bool = True) -> dict[str, Any]:
+    """One rollout per test record (greedy by default). Returns a JSON-able dict:
+    accuracy, per_dataset, cost_total, cost_per_query, format_valid, route_share (overall and
+    per dataset), calls_per_query."""
+    if len(log) == 0:
+        raise ValueError(f"cannot evaluate on the empty log {log.name!r}")
+    names = log.model_names
+    answer, cost, fmt, calls = [], [], [], []
+    counts_dm = np.zeros((len(log.datasets), len(names)))
+    ids_all = []
+    for start in range(0, len(log), batch_size):
+        records = log.records[start:start + batch_size]
+        key, sub = jax.random.split(key)
+        _, rewards = runner.run(params, records, 1, sub, freq_m=freq_m, greedy=greedy)
+        ids = dataset_ids(log, records)
+        answer.append(rewards.rewards_ugk[:, 0, 1])
+        cost.append(rewards.cost_ug[:, 0])
+        fmt.append(rewards.format_ok_ug[:, 0])
+        calls.append(rewards.call_counts_ugm[:, 0].sum(-1))
+        np.add.at(counts_dm, ids, rewards.call_counts_ugm[:, 0])
+        ids_all.append(ids)
+    answer, cost, fmt = np.concatenate(answer), np.concatenate(cost), np.concatenate(fmt)
+    ids_all = np.concatenate(ids_all)
+    per_dataset = {name: float(answer[ids_all == d].mean())
+                   for d, name in enumerate(log.datasets) if (ids_all == d).any()}
+    total_calls = counts_dm.sum()
+    share = {m: float(counts_dm[:, j].sum() / total_calls) if total_calls else 0.0 for j, m in enumerate(names)}
+    share_by_dataset = {
+        log.datasets[d]: {m: float(counts_dm[d, j] / counts_dm[d].sum()) for j, m in enumerate(names)}
+        for d in range(len(log.datasets)) if counts_dm[d].sum() > 0
+    }
+    return {
+        "accuracy": float(answer.mean()),
+        "per_dataset": per_dataset,
+        "cost_total": float(cost.sum()),
+        "cost_per_query": float(cost.mean()),
+        "format_valid": float(fmt.mean()),
+        "calls_per_query": float(np.concatenate(calls).mean()),
+        "route_share": share,
+        "route_share_by_dataset": share_by_dataset,
+    }
+
+
+def results_table(policy: dict[str, Any], references: dict[str, RouterResult], datasets, policy_name: str) -> str:
+    """A markdown table: the trained policy, then the reference routers (accuracy per dataset, cost)."""
+    short = [d[:10] for d in datasets]
+    head = "| router | avg acc | " + " | ".join(short) + " | cost/query (USD) | format ok |"
+    sep = "|" + "---|" * (len(datasets) + 4)
+    rows = [head, sep]
+
+    def row(name, acc, per, cost, fmt):
+        cells = " | ".join(f"{per[d]:.3f}" if d in per else "-" for d in datasets)
+        return f"| {name} | {acc:.3f} | {cells} | {cost:.3g} | {fmt} |"
+
+    rows.append(row(policy_name, policy["accuracy"], policy["per_dataset"], policy["cost_per_query"],
+                    f"{policy['format_valid']:.3f}"))
+    for key in ("random", "best_single", "oracle", "cheapest_correct"):
+        r = references[key]
+        rows.append(row(r.name, r.accuracy, r.per_dataset, r.cost_per_query, "-"))
+    for key, r in references.items():
+        if key.startswith("single:"):
+            rows.append(row(r.name, r.accuracy, r.per_dataset, r.cost_per_query, "-"))
+    return "\n".join(rows)
+
+
+def route_summary(policy: dict[str, Any]) -> str:
+    """One line per dataset: the policy's routing distribution (top models)."""
+    lines = []
+    for dataset, share in policy["route_share_by_dataset"].items():
+        top = collections.Counter(share).most_common(3)
+        lines.append(f"  {dataset}: " + ", ".join(f"{m} {p:.0%}" for m, p in top if p > 0))
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate_policy", "reference_routers", "results_table", "route_summary"]

@@ -1,0 +1,64 @@
+"""Roll out the policy on a batch of records and score the rollouts (shared by GRPO and evaluation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+
+from recal_jax.data.schema import RoutingLog, RoutingRecord
+from recal_jax.rollout.engine import RolloutBatch, RolloutEngine
+from recal_jax.rollout.sampler import Sampler
+from recal_jax.routing.rewards import Call, RewardBatch, compute_components
+
+
+@dataclasses.dataclass
+class Scorer:
+    """What turns rollouts into reward components for one routing log."""
+
+    log: RoutingLog
+    answer_metric: str
+    cost_ref: float
+    route_rule: str = "linear"
+
+    def score(self, rollout: RolloutBatch, records: Sequence[RoutingRecord], freq_m,
+              route_window=None) -> RewardBatch:
+        g = rollout.num_samples
+        u_count = len(records)
+        parsed_ug = [rollout.parsed[u * g:(u + 1) * g] for u in range(u_count)]
+        # A call with an empty model name is a malformed <search> block: no pool call, no cost.
+        replies_ug = [
+            [[Call(model, reply.cost_usd, reply.text, reply.ok) for model, _query, reply in rollout.calls[b] if model]
+             for b in range(u * g, (u + 1) * g)]
+            for u in range(u_count)
+        ]
+        return compute_components(
+            parsed_ug, list(records), replies_ug, protocol=self.log.protocol,
+            answer_metric=self.answer_metric, cost_ref=self.cost_ref, freq_m=freq_m,
+            model_names=self.log.model_names, route_rule=self.route_rule, route_window=route_window,
+        )
+
+
+@dataclasses.dataclass
+class RolloutRunner:
+    """Engine + sampler for one log: `run(params, records, G, key, greedy)` -> (RolloutBatch, RewardBatch)."""
+
+    sampler: Sampler
+    engine: RolloutEngine
+    scorer: Scorer
+    prompt_ids: Callable[[RoutingRecord], list[int]]
+    seq_len: int
+
+    def run(self, params, records: Sequence[RoutingRecord], num_samples: int, key, *, freq_m,
+            greedy: bool = False, route_window=None) -> tuple[RolloutBatch, RewardBatch]:
+        self.sampler.update_weights(params)
+        self.engine.greedy = greedy
+        prompts = [self.prompt_ids(r) for r in records]
+        rollout = self.engine.run(list(records), prompts, num_samples, key, seq_len=self.seq_len)
+        rewards = self.scorer.score(rollout, records, freq_m, route_window)
+        return rollout, rewards
+
+
+def dataset_ids(log: RoutingLog, records: Sequence[RoutingRecord]) -> np.ndarray:
+    return np.array([log.dataset_id(r) for r in records], np.int32)

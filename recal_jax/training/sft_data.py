@@ -1,0 +1,143 @@
+"""Protocol demonstrations for the SFT warm start.
+
+A tiny randomly initialised policy knows nothing of the protocol; teacher forcing on
+well-formed rollouts gives GRPO well-formed samples to start from. Each demonstration is
+the prompt, then policy-written segments (loss mask 1) interleaved with the environment's
+<information> blocks (loss mask 0), tokenised segment by segment exactly as the rollout
+engine builds sequences at RL time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+
+from recal_jax.data.schema import RoutingLog, RoutingRecord
+
+ROUTING_RULES = ("random", "dataset_best", "mixed")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
+_LEAD_IN = re.compile(r"^(the answer is|final answer:|answer:|result:|it is|i believe)\s*", re.I)
+FIRST_THOUGHT = "<think> pick a model </think>"
+FINAL_THOUGHT = "<think> use the reply </think>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Demonstration:
+    """One tokenised demonstration: ids and the loss mask (1 = written by the policy)."""
+
+    record_id: str
+    model: str
+    token_ids: tuple[int, ...]
+    loss_mask: tuple[int, ...]
+
+
+def dataset_best_models(log: RoutingLog) -> dict[str, str]:
+    """For each dataset, the model with the highest mean score on `log` (ties: cheaper first)."""
+    best = {}
+    for dataset in log.datasets:
+        records = [r for r in log.records if r.dataset == dataset]
+        if not records:
+            continue
+        def key(m):
+            mean = float(np.mean([r.scores.get(m, 0.0) for r in records]))
+            cost = float(np.mean([log.call_cost(r, m) for r in records]))
+            return (mean, -cost)
+        best[dataset] = max(log.model_names, key=key)
+    return best
+
+
+def answer_from_reply(reply: str) -> str:
+    """The answer a demonstration copies out of a reply: the last <answer> tag's content if
+    any, else the reply's last non-empty line, without a lead-in such as "the answer is"."""
+    tagged = _ANSWER_TAG.findall(reply)
+    text = tagged[-1] if tagged else next((ln for ln in reversed(reply.splitlines()) if ln.strip()), "")
+    text = _LEAD_IN.sub("", text.strip()).strip()
+    return text or reply.strip() or "unknown"
+
+
+def choose_models(log: RoutingLog, rule: str, rng: np.random.Generator, best_prob: float = 0.5) -> list[str]:
+    """One model per record of `log` by the routing rule of the demonstrations."""
+    if rule not in ROUTING_RULES:
+        raise ValueError(f"unknown SFT routing rule {rule!r}; expected one of {ROUTING_RULES}")
+    names = log.model_names
+    best = dataset_best_models(log) if rule != "random" else {}
+    chosen = []
+    for record in log.records:
+        random_pick = names[int(rng.integers(len(names)))]
+        if rule == "random":
+            chosen.append(random_pick)
+        elif rule == "dataset_best":
+            chosen.append(best[record.dataset])
+        else:
+            chosen.append(best[record.dataset] if rng.random() < best_prob else random_pick)
+    return chosen
+
+
+def completion_segments(
+    record: RoutingRecord, model: str, reply: str, protocol: str,
+    encode: Callable[[str], list[int]], information_ids: Callable[[str], list[int]],
+    extract_answer: Callable[[str], str],
+) -> list[tuple[list[int], int]]:
+    """The completion as (token ids, written_by_policy) segments."""
+    if protocol == "single_call":
+        return [(encode(f"{FIRST_THOUGHT}\n<search> {model} </search>"), 1)]
+    return [
+        (encode(f"{FIRST_THOUGHT}\n<search> {model} : {record.question} </search>"), 1),
+        (information_ids(reply), 0),
+        (encode(f"{FINAL_THOUGHT}\n<answer> {extract_answer(reply)} </answer>"), 1),
+    ]
+
+
+def build_demonstrations(
+    log: RoutingLog,
+    encode: Callable[[str], list[int]],
+    prompt_ids: Callable[[RoutingRecord], list[int]],
+    reply_fn: Callable[[str, str, RoutingRecord], str],
+    information_ids: Callable[[str], list[int]],
+    extract_answer: Callable[[str], str] = answer_from_reply,
+    *,
+    rule: str = "mixed",
+    best_prob: float = 0.5,
+    seed: int = 0,
+) -> list[Demonstration]:
+    """Demonstrations for every record of `log`.
+
+    encode: text -> token ids (no special BOS); prompt_ids: record -> prompt token ids;
+    reply_fn: (model, query, record) -> the pool's reply text; information_ids: reply ->
+    the ids of the whole <information> block exactly as the rollout engine inserts it.
+    """
+    rng = np.random.default_rng(seed)
+    models = choose_models(log, rule, rng, best_prob)
+    demos = []
+    for record, model in zip(log.records, models):
+        reply = reply_fn(model, record.question, record)
+        ids = list(prompt_ids(record))
+        mask = [0] * len(ids)
+        for seg, by_policy in completion_segments(
+            record, model, reply, log.protocol, encode, information_ids, extract_answer
+        ):
+            seg = list(seg)
+            ids += seg
+            mask += [by_policy] * len(seg)
+        demos.append(Demonstration(record.id, model, tuple(ids), tuple(mask)))
+    return demos
+
+
+def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Right-padded arrays: tokens_bt i32, attention_mask_bt bool, loss_mask_bt f32.
+
+    Demonstrations longer than seq_len are cut from the left of the prompt (the completion
+    is what is learned), keeping the last seq_len tokens."""
+    n = len(demos)
+    tokens = np.full((n, seq_len), pad_id, np.int32)
+    attn = np.zeros((n, seq_len), bool)
+    loss = np.zeros((n, seq_len), np.float32)
+    for i, demo in enumerate(demos):
+        ids, mask = demo.token_ids[-seq_len:], demo.loss_mask[-seq_len:]
+        tokens[i, : len(ids)] = ids
+        attn[i, : len(ids)] = True
+        loss[i, : len(ids)] = mask
+    return {"tokens_bt": tokens, "attention_mask_bt": attn, "loss_mask_bt": loss}

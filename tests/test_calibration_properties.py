@@ -1,0 +1,119 @@
+"""Hypothesis properties of `calibrate`: symmetries, invariances, and no NaN/Inf ever."""
+
+import jax
+import numpy as np
+from hypothesis import given, strategies as st
+
+from recal_jax import calibration as cal
+
+U, G, K, D, M = 6, 4, 5, 3, 3
+CALIBRATE = jax.jit(cal.calibrate, static_argnames="config")
+CONFIGS = {name: cal.CalibrationConfig.preset(name, num_datasets=D, min_count=4) for name in cal.PRESET_NAMES}
+CONFIGS["recal_ema_loo"] = cal.CalibrationConfig.preset(
+    "recal", num_datasets=D, min_count=4, dataset_stats="ema", baseline="loo")
+UNGATED = ["grpo", "dr_grpo", "gdpo", "recal_no_gate"]
+
+
+def batch(seed, magnitude=1.0):
+    rng = np.random.default_rng(seed)
+    r = (rng.random((U, G, K)) * magnitude).astype(np.float32)
+    r[..., 1] = np.where(rng.random((U, G)) < 0.5, 1.0, r[..., 1])
+    fmt = rng.random((U, G)) > 0.2
+    valid = rng.random((U, G)) > 0.2
+    ids = rng.integers(0, D, U).astype(np.int32)
+    return r, fmt, valid, ids
+
+
+def run(r, fmt, valid, ids, name):
+    cfg = CONFIGS[name]
+    adv, _, diag = CALIBRATE(r, fmt, valid, ids, cfg, cal.init_state(cfg, M))
+    return np.asarray(adv), diag
+
+
+names = st.sampled_from(sorted(CONFIGS))
+seeds = st.integers(0, 2**31 - 1)
+
+
+@given(seeds, names)
+def test_permuting_rollouts_within_a_group_permutes_advantages(seed, name):
+    r, fmt, valid, ids = batch(seed)
+    perm = np.random.default_rng(seed + 1).permuted(np.tile(np.arange(G), (U, 1)), axis=1)
+    take = lambda x: np.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), axis=1)
+    adv, _ = run(r, fmt, valid, ids, name)
+    adv_p, _ = run(take(r), take(fmt), take(valid), ids, name)
+    np.testing.assert_allclose(adv_p, take(adv), rtol=1e-4, atol=1e-5)
+
+
+@given(seeds, names)
+def test_permuting_instances_permutes_outputs(seed, name):
+    r, fmt, valid, ids = batch(seed)
+    perm = np.random.default_rng(seed + 2).permutation(U)
+    adv, diag = run(r, fmt, valid, ids, name)
+    adv_p, diag_p = run(r[perm], fmt[perm], valid[perm], ids[perm], name)
+    np.testing.assert_allclose(adv_p, adv[perm], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(diag_p["dataset_scale"], diag["dataset_scale"], rtol=1e-5)
+
+
+@given(seeds, st.sampled_from(UNGATED), st.integers(0, K - 1), st.floats(-5, 5))
+def test_adding_a_constant_to_a_component_changes_nothing(seed, name, k, c):
+    r, fmt, valid, ids = batch(seed)
+    shifted = r.copy()
+    shifted[..., k] += np.float32(c)
+    np.testing.assert_allclose(run(shifted, fmt, valid, ids, name)[0], run(r, fmt, valid, ids, name)[0],
+                               rtol=1e-3, atol=2e-4)
+
+
+@given(seeds, st.integers(0, D - 1), st.floats(0.1, 100.0))
+def test_dataset_scale_is_invariant_to_one_datasets_reward_scale(seed, d, c):
+    r, fmt, valid, ids = batch(seed)
+    scaled = r.copy()
+    scaled[ids == d] *= np.float32(c)
+    for scale in ("dataset", "none"):
+        cfg = cal.CalibrationConfig(num_datasets=D, gate=False, scale=scale, reweight="none", min_count=1)
+        state = cal.init_state(cfg, M)
+        adv = np.asarray(CALIBRATE(r, fmt, valid, ids, cfg, state)[0])
+        adv_c = np.asarray(CALIBRATE(scaled, fmt, valid, ids, cfg, state)[0])
+        if scale == "dataset":
+            np.testing.assert_allclose(adv_c, adv, rtol=1e-3, atol=1e-4)
+        else:
+            factor = np.where(ids == d, c, 1.0)[:, None]
+            np.testing.assert_allclose(adv_c, adv * factor, rtol=1e-4, atol=1e-4 * c)
+
+
+@given(seeds, names, st.integers(-8, 8), st.booleans())
+def test_no_nan_or_inf_for_extreme_values_and_degenerate_groups(seed, name, exponent, degenerate):
+    r, fmt, valid, ids = batch(seed, magnitude=10.0 ** exponent)
+    if degenerate:
+        r[:] = r[:, :1]                        # every group all-equal
+        fmt[:] = fmt[:, :1]
+        valid[0] = False                       # empty group
+        valid[1] = [True] + [False] * (G - 1)  # singleton
+        ids[:] = 0                             # datasets 1.. absent
+    adv, diag = run(r, fmt, valid, ids, name)
+    assert np.all(np.isfinite(adv))
+    assert np.all(adv[~valid] == 0)
+    for key, value in diag.items():
+        assert np.all(np.isfinite(np.asarray(value))), key
+    if degenerate and not CONFIGS[name].gate:
+        np.testing.assert_allclose(adv, 0.0, atol=1e-6)
+
+
+@given(seeds, names, st.sampled_from([np.nan, np.inf, 1e30, -3.0]))
+def test_masked_rollouts_never_reach_an_advantage(seed, name, garbage):
+    r, fmt, valid, ids = batch(seed)
+    dirty = np.where(valid[..., None], r, np.float32(garbage)).astype(np.float32)
+    clean = np.where(valid[..., None], r, 0).astype(np.float32)
+    np.testing.assert_array_equal(run(dirty, fmt, valid, ids, name)[0], run(clean, fmt, valid, ids, name)[0])
+
+
+@given(seeds, names)
+def test_nan_rewards_act_like_masked_rollouts(seed, name):
+    r, fmt, valid, ids = batch(seed)
+    rng = np.random.default_rng(seed + 3)
+    nan_at = rng.random((U, G)) < 0.2
+    dirty = r.copy()
+    dirty[nan_at, rng.integers(0, K)] = np.nan
+    adv, diag = run(dirty, fmt, valid, ids, name)
+    adv_masked, _ = run(r, fmt, valid & ~nan_at, ids, name)
+    np.testing.assert_array_equal(adv, adv_masked)
+    assert int(diag["num_nan_rollouts"]) == int((nan_at & valid).sum())

@@ -1,0 +1,206 @@
+"""Sharded GRPO/SFT train steps on 8 simulated CPU devices, with the real tiny Qwen2."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from recal_jax.losses import policy_loss
+from recal_jax.models import ModelConfig, Qwen2
+from recal_jax.training.mesh import make_mesh, shard_batch, tree_shardings
+from recal_jax.training.optim import OptimConfig, make_optimizer
+from recal_jax.training.train_state import TrainState
+from recal_jax.training.train_step import (
+    LossConfig, compute_logprobs, make_sft_step, make_train_step, token_logprobs,
+)
+
+B, T, V = 16, 8, 64
+CFG = ModelConfig.preset("tiny", vocab_size=V, hidden_size=32, intermediate_size=64,
+                         num_layers=2, num_heads=4, num_kv_heads=2)
+# Adam's eps is raised so that updates of near-zero gradients stay linear in the gradient:
+# with eps=1e-8, float32 summation-order noise in a ~1e-9 gradient flips a whole lr-sized
+# update, which would hide real sharding bugs behind tolerance noise.
+OPT = OptimConfig(learning_rate=3e-3, warmup_steps=1, total_steps=10, weight_decay=0.01,
+                  eps=1e-4)
+LOSS = LossConfig(dual_clip=3.0, agg="seq-mean-token-mean", kl_coef=0.05, kl_kind="k3")
+
+
+def new_state(seed=0):
+    model = Qwen2(CFG, rngs=nnx.Rngs(seed))
+    return TrainState.create(model, make_optimizer(OPT), rng=jax.random.key(seed),
+                             with_reference=True)
+
+
+def grpo_batch(state, seed=1):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, V, (B, T)).astype(np.int32)
+    attn = np.ones((B, T), bool)
+    attn[::3, :2] = False                         # left padding on some rows
+    loss_mask = np.zeros((B, T), np.float32)
+    loss_mask[:, T // 2:] = 1.0
+    loss_mask[5] = 0.0                            # a padded rollout
+    logp, _ = compute_logprobs(state.graphdef, state.params, tokens, attn)
+    logp_old = np.asarray(logp) + rng.normal(0, 0.05, (B, T)).astype(np.float32)
+    return dict(tokens_bt=tokens, attention_mask_bt=attn, loss_mask_bt=loss_mask,
+                logp_old_bt=logp_old, advantages_b=rng.normal(size=B).astype(np.float32))
+
+
+def run_steps(mesh, n_micro, steps=2, loss_cfg=LOSS):
+    """(params after 2 steps, metrics of every step)."""
+    state = new_state()
+    batch = grpo_batch(state)
+    step = make_train_step(state.graphdef, make_optimizer(OPT), loss_cfg, mesh, n_micro)
+    history, params2 = [], None
+    for i in range(steps):
+        state, metrics = step(state, batch)
+        history.append(jax.tree.map(np.asarray, metrics))
+        if i == 1:
+            params2 = params_np(state)
+    assert int(state.step) == steps
+    return params2, history
+
+
+def params_np(state):
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(state.params))
+
+
+@pytest.fixture(scope="module")
+def single():
+    return run_steps(make_mesh(data=1, devices=jax.devices()[:1]), 1, steps=6)
+
+
+def test_token_logprobs_alignment_matches_loop():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    tokens = rng.integers(0, 5, (2, 4)).astype(np.int32)
+    logp, ent = token_logprobs(jnp.asarray(logits), jnp.asarray(tokens))
+    for b in range(2):
+        assert logp[b, 0] == 0.0 and ent[b, 0] == 0.0
+        for t in range(1, 4):
+            z = logits[b, t - 1].astype(np.float64)
+            p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            np.testing.assert_allclose(logp[b, t], np.log(p[tokens[b, t]]), rtol=1e-5)
+            np.testing.assert_allclose(ent[b, t], -(p * np.log(p)).sum(), rtol=1e-5)
+
+
+def test_first_step_loss_matches_policy_loss_of_model(single):
+    state0 = new_state()
+    batch = grpo_batch(state0)
+    logp, _ = compute_logprobs(state0.graphdef, state0.params, batch["tokens_bt"],
+                               batch["attention_mask_bt"])
+    mask = batch["loss_mask_bt"].copy()
+    mask[:, 0] = 0
+    # reference params = initial params, so logp_ref = logp at step 0
+    loss, _ = policy_loss(logp, batch["logp_old_bt"], batch["advantages_b"], mask,
+                          dual_clip=3.0, agg=LOSS.agg, logp_ref=logp, kl_coef=0.05)
+    first = single[1][0]
+    np.testing.assert_allclose(first["loss"], loss.value(), rtol=1e-5, atol=1e-6)
+    chex.assert_tree_all_finite(first)
+
+
+def test_all_axes_and_microbatches_equal_single_device(single):
+    """The fast representative: data, fsdp and tensor axes and 2 micro-batches at once."""
+    params, hist = run_steps(make_mesh(data=2, fsdp=2, tensor=2), 2)
+    chex.assert_trees_all_close(params, single[0], atol=1e-5, rtol=0)
+    for k in ("loss", "clipfrac_high", "clipfrac_low", "approx_kl", "entropy", "kl",
+              "ratio_min", "ratio_max", "grad_norm", "num_tokens"):
+        np.testing.assert_allclose(hist[1][k], single[1][1][k], atol=1e-5, err_msg=k)
+
+
+@pytest.mark.slow
+def test_sharded_steps_equal_single_device_data8(single):
+    params, hist = run_steps(make_mesh(data=8), 1)
+    chex.assert_trees_all_close(params, single[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(hist[1]["loss"], single[1][1]["loss"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_steps_equal_single_device_fsdp(single):
+    params, hist = run_steps(make_mesh(data=2, fsdp=4), 1)
+    chex.assert_trees_all_close(params, single[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(hist[1]["loss"], single[1][1]["loss"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_microbatches_equal_one_batch_with_tensor_parallel(single):
+    params, hist = run_steps(make_mesh(data=2, tensor=4), 4)
+    chex.assert_trees_all_close(params, single[0], atol=1e-5, rtol=0)
+    for k in ("loss", "clipfrac_high", "clipfrac_low", "approx_kl", "entropy", "kl",
+              "ratio_min", "ratio_max", "grad_norm", "num_tokens"):
+        np.testing.assert_allclose(hist[1][k], single[1][1][k], atol=1e-5, err_msg=k)
+
+
+def test_params_are_sharded_by_metadata():
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    state = new_state()
+    sh = tree_shardings(state, mesh)
+    embed_spec = sh.params["embed"].get_value().spec
+    assert tuple(embed_spec) == ("tensor", "fsdp")   # (vocab, embed)
+    mu = sh.opt_state[1][0].mu["embed"].get_value().spec   # adam moments follow params
+    assert tuple(mu) == ("tensor", "fsdp")
+    assert tuple(sh.step.spec) == ()
+
+
+def test_grpo_loss_decreases_on_fixed_batch(single):
+    losses = [float(m["loss"]) for m in single[1]]
+    assert losses[-1] < losses[0] - 1e-3, losses
+
+
+def sft_run(mesh, n_micro, steps):
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, V, (B, T)).astype(np.int32)
+    batch = dict(tokens_bt=tokens, attention_mask_bt=np.ones((B, T), bool),
+                 loss_mask_bt=(rng.uniform(size=(B, T)) < 0.8).astype(np.float32))
+    state = new_state()
+    step = make_sft_step(state.graphdef, make_optimizer(OPT), mesh, n_micro)
+    hist = []
+    for _ in range(steps):
+        state, m = step(state, batch)
+        chex.assert_tree_all_finite(m)
+        hist.append(float(m["loss"]))
+    return hist, params_np(state)
+
+
+def test_sft_loss_decreases():
+    hist, _ = sft_run(make_mesh(data=4, fsdp=2), 2, steps=4)
+    assert hist[0] == pytest.approx(np.log(V), rel=0.05)  # near-uniform init
+    assert hist[1] == hist[0]   # warmup: the learning rate of step 0 is 0
+    assert hist[3] < hist[2] < hist[1], hist
+
+
+@pytest.mark.slow
+def test_sft_microbatching_is_exact():
+    _, one = sft_run(make_mesh(data=1, devices=jax.devices()[:1]), 1, steps=3)
+    _, two = sft_run(make_mesh(data=4, fsdp=2), 2, steps=3)
+    chex.assert_trees_all_close(one, two, atol=1e-5, rtol=0)
+
+
+def test_bad_inputs_raise():
+    state = new_state()
+    batch = grpo_batch(state)
+    mesh = make_mesh(data=8)
+    step = make_train_step(state.graphdef, make_optimizer(OPT), LOSS, mesh, 4)
+    with pytest.raises(ValueError, match="divisible"):
+        step(state, batch)
+    step = make_train_step(state.graphdef, make_optimizer(OPT), LOSS, mesh, 1)
+    with pytest.raises(ValueError, match="lacks"):
+        step(state, {k: v for k, v in batch.items() if k != "advantages_b"})
+    with pytest.raises(ValueError, match="advantages_b"):
+        step(state, batch | {"advantages_b": np.zeros(B + 1, np.float32)})
+    no_ref = state.replace(ref_params=None)
+    with pytest.raises(ValueError, match="ref_params"):
+        step(no_ref, batch)
+    with pytest.raises(ValueError, match="agg"):
+        LossConfig(agg="mean")
+
+
+def test_make_mesh_validates():
+    assert make_mesh().shape == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert make_mesh(fsdp=2, tensor=2).shape["data"] == 2
+    with pytest.raises(ValueError, match="devices"):
+        make_mesh(data=3)
+    with pytest.raises(ValueError, match="-1"):
+        make_mesh(data=-1, fsdp=-1)
+    with pytest.raises(ValueError, match="divisible"):
+        shard_batch({"x": np.zeros((6, 2))}, make_mesh(data=4, fsdp=2))
