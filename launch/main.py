@@ -27,8 +27,12 @@ def main(argv):
     from recal_jax.training.pipeline import train_and_evaluate
 
     summary = train_and_evaluate(config, workdir, progress=not _NO_PROGRESS.value)
-    t = summary["timings"]
     print(f"\nRun directory: {workdir}")
+    if "stopped_at_step" in summary:
+        print(f"Stopped after GRPO step {summary['stopped_at_step']} (grpo.stop_at_step); "
+              "run the same command again to resume.")
+        return
+    t = summary["timings"]
     if "table_sft" in summary:
         print("\nTest split, after the SFT warm start (before GRPO):\n" + summary["table_sft"])
     print(f"\nTest split, after {summary['grpo_steps']} GRPO steps ({summary['preset']}):\n" + summary["table"])

@@ -14,7 +14,8 @@ safetensors_torch = pytest.importorskip("safetensors.torch", reason="needs safet
 
 from flax import nnx  # noqa: E402
 
-from recal_jax.models import from_pretrained, make_mesh, save_pretrained  # noqa: E402
+from recal_jax.models import from_pretrained, save_pretrained  # noqa: E402
+from recal_jax.models.sharding import make_mesh  # noqa: E402
 
 FORWARD = nnx.jit(lambda m, tokens, mask: m(tokens, mask))
 

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 
-from recal_jax.models import ModelConfig, Qwen2, make_mesh, param_shardings, shard_model
-from recal_jax.models.sharding import logical_to_mesh_rules, partition_spec
+from recal_jax.models import ModelConfig, Qwen2, param_shardings, shard_model
+from recal_jax.models.sharding import logical_to_mesh_rules, make_mesh, partition_spec
 
 SMALL = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2,
                     num_heads=4, num_kv_heads=2, rope_theta=500.0, rms_norm_eps=1e-5,
@@ -249,6 +249,8 @@ def test_decode_validation_errors():
         model(tokens, jnp.ones((2, 4), bool))
     with pytest.raises(ValueError, match="max_len"):
         model.init_cache(2, 0)
+    with pytest.raises(ValueError, match="integer batch"):
+        model.init_cache(2.5, 8)
 
 
 # -- config -----------------------------------------------------------------------------
@@ -379,3 +381,24 @@ def test_sharded_forward_and_decode_match_single_device(decode):
     with pytest.raises(ValueError, match="AxisType.Auto"):
         param_shardings(model, jax.make_mesh((8,), ("fsdp",),
                                              axis_types=(jax.sharding.AxisType.Explicit,)))
+
+
+def test_remat_gives_same_gradients_and_hidden_split_matches():
+    plain = randomized(SMALL, seed=13)
+    remat = Qwen2(SMALL.replace(remat=True), rngs=nnx.Rngs(0))
+    nnx.update(remat, nnx.state(plain, nnx.Param))
+    tokens, mask = random_batch(14, 3, 6, SMALL.vocab_size, pads=[0, 2, 1])
+
+    def loss(model):
+        return jnp.mean(jax.nn.log_softmax(model(tokens, mask))[..., 0] * mask)
+
+    grads = [nnx.jit(nnx.grad(loss))(m) for m in (plain, remat)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    graphdef, state = nnx.split(remat)
+    jaxpr = str(jax.make_jaxpr(lambda s: loss(nnx.merge(graphdef, s)))(state))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+    h = nnx.jit(lambda m, t, k: m.hidden(t, k))(plain, tokens, mask)
+    chex.assert_shape(h, (3, 6, SMALL.hidden_size))
+    np.testing.assert_allclose(np.asarray(plain.lm_logits(h)),
+                               np.asarray(FORWARD(plain, tokens, mask)), atol=1e-5)

@@ -1,6 +1,7 @@
 """Pools: replay (logged and score-only), simulated, the batch helpers, the cache, OpenAIPool setup."""
 
 import asyncio
+import dataclasses
 import math
 import re
 import socket
@@ -87,9 +88,23 @@ def test_replay_score_only(threshold):
                 assert rep.text == r.golden_answers[0]
             else:
                 assert rep.text.strip() and not ref_sub_em(rep.text, r.golden_answers), rep.text
-            # deterministic, and cost from prices x ceil(chars/4) estimates
+            # deterministic; cost is the log's: prices x ceil(chars/4) of question and first gold
             assert run(pool.call(m, r.question, r)).text == rep.text
-            assert rep.cost_usd == pytest.approx(ref_cost(info, r.question, rep.text))
+            assert rep.cost_usd == pytest.approx(ref_cost(info, r.question, r.golden_answers[0]))
+            assert rep.cost_usd == pytest.approx(log.call_cost(r, m))
+
+
+def test_replay_cost_is_the_logs_whatever_the_query():
+    # logged replies without logged costs: reply length, not the policy's query wording
+    recs = [dataclasses.replace(r, costs=None) for r in make_log(score_only=False).records]
+    log = dataclasses.replace(make_log(), records=tuple(recs))
+    pool = ReplayPool(log)
+    for r in log.records:
+        for m, info in MODELS.items():
+            short, long = run(pool.call(m, "q", r)), run(pool.call(m, "a much longer query " * 20, r))
+            expected = ref_cost(info, r.question, r.responses[m])
+            assert short.cost_usd == pytest.approx(expected) and long.cost_usd == pytest.approx(expected)
+            assert log.call_cost(r, m) == pytest.approx(expected)
 
 
 def test_replay_wrong_answers_vary_and_come_from_the_dataset():

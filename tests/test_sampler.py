@@ -181,7 +181,8 @@ def _nucleus_probs_np(logits, temperature, top_p):
     return q / q.sum()
 
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 0.8)])
+@pytest.mark.parametrize("temperature,top_p", [
+    pytest.param(1.0, 1.0, marks=pytest.mark.slow), (0.5, 0.8)])
 def test_first_token_distribution(model, sampler, prompts, temperature, top_p):
     """Empirical first-token frequencies over many samples match the nucleus distribution."""
     toks, mask, raw = prompts

@@ -8,7 +8,7 @@ from flax import nnx
 
 from recal_jax.losses import policy_loss
 from recal_jax.models import ModelConfig, Qwen2
-from recal_jax.training.mesh import make_mesh, shard_batch, tree_shardings
+from recal_jax.training.mesh import make_mesh, shard_batch, tree_shardings, variable_spec
 from recal_jax.training.optim import OptimConfig, make_optimizer
 from recal_jax.training.train_state import TrainState
 from recal_jax.training.train_step import (
@@ -204,3 +204,27 @@ def test_make_mesh_validates():
         make_mesh(data=-1, fsdp=-1)
     with pytest.raises(ValueError, match="divisible"):
         shard_batch({"x": np.zeros((6, 2))}, make_mesh(data=4, fsdp=2))
+
+
+def test_mesh_is_auto_and_shared_with_models():
+    from recal_jax.models import sharding
+    assert make_mesh is sharding.make_mesh   # one mesh maker for models and training
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+
+
+def test_variable_spec_out_sharding_is_fitted():
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    both = nnx.Param(jnp.zeros((8, 6)), out_sharding=("fsdp", "tensor"), eager_sharding=False)
+    assert tuple(variable_spec(both, mesh)) == ("fsdp", "tensor")
+    # a mesh axis used twice keeps its first use; a size (3) that does not divide is dropped
+    twice = nnx.Param(jnp.zeros((8, 4)), out_sharding=("tensor", "tensor"), eager_sharding=False)
+    assert tuple(variable_spec(twice, mesh)) == ("tensor", None)
+    odd = nnx.Param(jnp.zeros((3, 4)), out_sharding=("fsdp", None), eager_sharding=False)
+    assert tuple(variable_spec(odd, mesh)) == (None, None)
+    # logical axes: tensor by name, fsdp on the largest free dimension (models' rule)
+    logical = nnx.Param(jnp.zeros((64, 32)), logical_axes=("vocab", "embed"))
+    assert tuple(variable_spec(logical, mesh)) == ("tensor", "fsdp")
+    assert tuple(variable_spec(logical, mesh, tensor_parallel=False)) == ("fsdp", None)
+    assert tuple(variable_spec(nnx.Param(jnp.zeros((4,))), mesh)) == ()

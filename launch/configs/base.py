@@ -8,7 +8,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.suite = "synthetic"  # synthetic | dcrouter | nq_pool6 | qa7
     c.data_dir = ""  # for real suites: the directory holding the suite's files
-    c.synthetic = ml_collections.ConfigDict(dict(n_train_per_family=300, n_test_per_family=100))
+    c.synthetic = ml_collections.ConfigDict(dict(n_train_per_family=300, n_test_per_family=40))
     c.max_test_instances = 0  # 0 = the whole test split
     c.max_train_instances = 0
 
@@ -26,11 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.grpo = ml_collections.ConfigDict(
         dict(
             steps=60, instances_per_step=16, group_size=8, updates_per_batch=1, microbatches=1,
-            learning_rate=1e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
+            learning_rate=3e-4, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
             clip_low=0.2, clip_high=0.2, dual_clip=0.0, kl_coef=0.001, kl_kind="k3",
             loss_agg="token-mean", temperature=1.0, top_p=1.0, max_turns=2,
             max_new_tokens_per_turn=48, max_total_tokens=160, max_info_tokens=24,
             recompute_old_logprobs=True,
+            stop_at_step=0,  # > 0: checkpoint and return after this GRPO step (split a run over jobs)
         )
     )
     c.calibration = ml_collections.ConfigDict(dict(preset="recal", tau=1.0, overrides=""))

@@ -9,10 +9,20 @@ from typing import Literal, Mapping, Sequence
 Protocol = Literal["multi_turn", "single_call"]
 PROTOCOLS = ("multi_turn", "single_call")
 
-# Token counts assumed for one call when a log has no per-call cost: a short routed query
-# and a short reply. Costs then follow from the pool's prices (USD per 1M tokens).
+# dcrouter logs no token usage: its loader writes each call's cost as prices x these fixed
+# token counts (a short routed query and a short reply), USD per 1M tokens.
 ESTIMATED_PROMPT_TOKENS = 128
 ESTIMATED_COMPLETION_TOKENS = 128
+
+
+def estimate_tokens(text: str) -> int:
+    """Token-count estimate for text without logged usage: ceil(characters / 4), at least 1."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def price_usd(info: "ModelInfo", prompt_tokens: int, completion_tokens: int) -> float:
+    """USD of one call; prices are USD per 1M tokens."""
+    return (prompt_tokens * info.price_in + completion_tokens * info.price_out) / 1e6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,11 +136,21 @@ class RoutingLog:
         return tuple(self.models)
 
     def call_cost(self, record: RoutingRecord, model: str) -> float:
-        """USD cost of one call of `model` on `record`: the logged cost, else prices x estimated tokens."""
+        """USD cost of one call of `model` on `record`, the one cost rule of a log.
+
+        record.costs[model] when logged; else price_usd of estimate_tokens(question) in and
+        estimate_tokens(the logged reply of `model`, else the first gold answer) out.
+        It depends on the log only, never on how a policy worded its query.
+        """
         if record.costs is not None and model in record.costs:
             return float(record.costs[model])
-        info = self.models[model]
-        return (info.price_in * ESTIMATED_PROMPT_TOKENS + info.price_out * ESTIMATED_COMPLETION_TOKENS) / 1e6
+        if model not in self.models:
+            raise ValueError(f"unknown model {model!r}; log {self.name!r} has {list(self.models)}")
+        if record.responses is not None and model in record.responses:
+            reply = record.responses[model]
+        else:
+            reply = record.golden_answers[0] if record.golden_answers else ""
+        return price_usd(self.models[model], estimate_tokens(record.question), estimate_tokens(reply))
 
     def dataset_id(self, record: RoutingRecord) -> int:
         return self.datasets.index(record.dataset)

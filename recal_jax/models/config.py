@@ -42,6 +42,7 @@ class ModelConfig:
     qkv_bias: bool = True
     param_dtype: Any = jnp.float32
     dtype: Any = jnp.float32
+    remat: bool = False  # recompute each layer's activations in the backward pass
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",

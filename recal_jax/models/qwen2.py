@@ -55,9 +55,10 @@ class Qwen2(nnx.Module):
     def _embed(self, tokens_bt: jax.Array) -> jax.Array:
         return jnp.take(self.embed[...], tokens_bt, axis=0).astype(self.config.dtype)
 
-    def _logits(self, x_btd: jax.Array) -> jax.Array:
-        x_btd = self.final_norm(x_btd)
+    def lm_logits(self, h_btd: jax.Array) -> jax.Array:
+        """Logits f32[B, T, V] from final-normed hidden states (see `hidden`)."""
         dt = self.config.dtype
+        x_btd = h_btd.astype(dt)
         if self.config.tie_word_embeddings:
             return jnp.einsum("btd,vd->btv", x_btd, self.embed[...].astype(dt),
                               preferred_element_type=jnp.float32)
@@ -74,6 +75,12 @@ class Qwen2(nnx.Module):
         default all True). Positions are cumsum(mask) - 1 clipped at 0; token t attends
         to the real tokens s <= t. Pad rows get finite (meaningless) logits.
         """
+        return self.lm_logits(self.hidden(tokens_bt, attention_mask_bt))
+
+    def hidden(self, tokens_bt: jax.Array, attention_mask_bt: jax.Array | None = None
+               ) -> jax.Array:
+        """Final-normed hidden states [B, T, D] (compute dtype); `lm_logits` maps them to
+        logits, so a caller can compute log-probs in chunks of T without [B, T, V]."""
         _check_tokens("tokens_bt", tokens_bt)
         b, t = tokens_bt.shape
         if attention_mask_bt is None:
@@ -88,17 +95,26 @@ class Qwen2(nnx.Module):
         def self_kv(k, v):
             return k, v, None
 
+        def run_layer(layer, x_btd):
+            return layer(x_btd, positions_bt, mask_bts, self_kv)[0]
+
+        if self.config.remat:
+            run_layer = nnx.remat(run_layer)
         x = self._embed(tokens_bt)
         for layer in self.layers:
-            x, _ = layer(x, positions_bt, mask_bts, self_kv)
-        return self._logits(x)
+            x = run_layer(layer, x)
+        return self.final_norm(x)
 
     # -- cached decoding ------------------------------------------------------------------
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
         """Zero KV cache, k/v: [L, batch, max_len, Hkv, Dh] in the compute dtype."""
         c = self.config
-        batch, max_len = operator.index(batch), operator.index(max_len)
+        try:
+            batch, max_len = operator.index(batch), operator.index(max_len)
+        except TypeError:
+            raise ValueError(f"init_cache needs integer batch and max_len, got {batch!r}, "
+                             f"{max_len!r}") from None
         return kv_cache_lib.init_cache(c.num_layers, batch, max_len, c.num_kv_heads,
                                        c.head_dim, dtype or c.dtype)
 
@@ -156,4 +172,4 @@ class Qwen2(nnx.Module):
                         (cache_k, cache_v))
 
             x, (cache_k, cache_v) = layer(x, positions_bt, mask_bts, cached_kv)
-        return self._logits(x), KVCache(k=cache_k, v=cache_v)
+        return self.lm_logits(self.final_norm(x)), KVCache(k=cache_k, v=cache_v)

@@ -9,7 +9,6 @@ the training step's input.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Sequence
 
 import jax
@@ -17,18 +16,10 @@ import numpy as np
 
 from recal_jax.data.schema import PROTOCOLS, RoutingRecord
 from recal_jax.routing.pools.base import Pool, PoolReply, call_many_sync, error_reply
-from recal_jax.routing.protocol import parse, parse_call
+from recal_jax.routing.protocol import INFO_CLOSE, INFO_OPEN, parse, parse_call, sanitize_reply
 
 SEARCH_CLOSE, ANSWER_CLOSE = "</search>", "</answer>"
 SEARCH_OPEN = "<search>"
-INFO_OPEN, INFO_CLOSE = "\n\n<information>", "</information>\n\n"
-_TAG_RE = re.compile(r"<(/?)(think|search|information|answer)>")
-
-
-def sanitize_reply(text: str) -> str:
-    """Neutralise protocol tags inside a model reply (untrusted text) so it cannot close the
-    information block or fake an answer: `<answer>` -> `&lt;answer&gt;`."""
-    return _TAG_RE.sub(r"&lt;\1\2&gt;", text)
 
 
 @dataclasses.dataclass

@@ -11,6 +11,7 @@ scratch (no cache is carried between calls).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ from flax import nnx
 
 PROMPT_BUCKET = 16
 STOP_BUCKET = 4
+_TRACES = [0]  # traces of `_sample_loop`, shared by all samplers (same graphdef = same cache)
 
 
 class SampleOutput(NamedTuple):
@@ -71,7 +73,10 @@ class Sampler:
     The model is split once (graphdef + state); `update_weights` swaps the state in after
     a training step without recompiling. Prompt slots are padded on the left up to a multiple
     of 16 (or to `max_prompt_len` when given, so one shape serves all calls); the cache holds
-    P + max_new_tokens slots. `num_compiles` counts traces of the jitted loop.
+    P + max_new_tokens slots. `num_compiles` counts the traces (compiles) of the jitted loop
+    caused by this sampler's calls; the jit cache is shared by samplers of equal graphdef, and
+    pad/eos ids, temperature, top_p values and stop ids are traced, not static.
+    `eos_id=None` disables the EOS stop.
     """
 
     def __init__(self, model: nnx.Module, *, pad_id: int, eos_id: int | None,
@@ -85,9 +90,6 @@ class Sampler:
         self.vocab_size = getattr(config, "vocab_size", None)
         self._graphdef, self._state = nnx.split(model)
         self.num_compiles = 0
-        self._jit_run = jax.jit(
-            self._run, static_argnames=("max_new_tokens", "greedy", "num_samples", "use_top_p")
-        )
 
     def update_weights(self, model_or_state: Any) -> None:
         """Use new weights (same architecture): an nnx.Module or an nnx.State."""
@@ -124,12 +126,14 @@ class Sampler:
         self._check(tokens_up, mask_up, max_new_tokens, temperature, top_p, num_samples)
         tokens_up, mask_up = self._pad_prompts(tokens_up.astype(np.int32), mask_up.astype(bool))
         stop_sl, stop_len_s = _stop_array(stop_sequences, self.vocab_size)
-        tokens_bn, logprobs_bn, lengths_b = self._jit_run(
-            self._state, jnp.asarray(tokens_up), jnp.asarray(mask_up), key,
+        traces_before = _TRACES[0]
+        tokens_bn, logprobs_bn, lengths_b = _sample_loop(
+            self._graphdef, self._state, jnp.asarray(tokens_up), jnp.asarray(mask_up), key,
             jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
-            jnp.asarray(stop_sl), jnp.asarray(stop_len_s),
-            max_new_tokens=int(max_new_tokens), greedy=bool(greedy),
+            jnp.asarray(stop_sl), jnp.asarray(stop_len_s), jnp.int32(self.pad_id),
+            jnp.int32(self.eos_id), max_new_tokens=int(max_new_tokens), greedy=bool(greedy),
             num_samples=int(num_samples), use_top_p=bool(not greedy and top_p < 1.0))
+        self.num_compiles += _TRACES[0] - traces_before
         return SampleOutput(tokens_bn, logprobs_bn, lengths_b)
 
     # validation / bucketing ---------------------------------------------------------------
@@ -180,79 +184,81 @@ class Sampler:
         mask_up = np.concatenate([np.zeros((mask_up.shape[0], pad), bool), mask_up], axis=1)
         return np.where(mask_up, tokens_up, self.pad_id).astype(np.int32), mask_up
 
-    # jitted body --------------------------------------------------------------------------
 
-    def _run(self, state, tokens_up, mask_up, key, temperature, top_p, stop_sl, stop_len_s, *,
-             max_new_tokens, greedy, num_samples, use_top_p):
-        self.num_compiles += 1  # runs at trace time only
-        model = nnx.merge(self._graphdef, state)
-        num_prompts, width = tokens_up.shape
-        n, g = max_new_tokens, num_samples
-        rows = num_prompts * g
-        max_len = width + n
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy", "num_samples", "use_top_p"))
+def _sample_loop(graphdef, state, tokens_up, mask_up, key, temperature, top_p, stop_sl,
+                 stop_len_s, pad_id, eos_id, *, max_new_tokens, greedy, num_samples, use_top_p):
+    """The jitted prefill + decode loop; see `Sampler.sample` for the semantics."""
+    _TRACES[0] += 1  # runs at trace time only
+    model = nnx.merge(graphdef, state)
+    num_prompts, width = tokens_up.shape
+    n, g = max_new_tokens, num_samples
+    rows = num_prompts * g
+    max_len = width + n
 
-        positions_up = jnp.maximum(jnp.cumsum(mask_up, axis=1) - 1, 0).astype(jnp.int32)
-        kv_mask_us = jnp.concatenate([mask_up, jnp.ones((num_prompts, n), bool)], axis=1)
-        cache = model.init_cache(num_prompts, max_len)
-        # Prefill all but the last slot (its logits are dead code, so XLA drops the LM head),
-        # then the last slot alone for the first next-token logits.
-        _, cache = model.decode(tokens_up[:, :-1], positions_up[:, :-1], cache,
-                                jnp.int32(0), kv_mask_us)
-        logits_u1v, cache = model.decode(tokens_up[:, -1:], positions_up[:, -1:], cache,
-                                         jnp.int32(width - 1), kv_mask_us)
+    positions_up = jnp.maximum(jnp.cumsum(mask_up, axis=1) - 1, 0).astype(jnp.int32)
+    kv_mask_us = jnp.concatenate([mask_up, jnp.ones((num_prompts, n), bool)], axis=1)
+    cache = model.init_cache(num_prompts, max_len)
+    # Prefill all but the last slot (its logits are dead code, so XLA drops the LM head),
+    # then the last slot alone for the first next-token logits.
+    _, cache = model.decode(tokens_up[:, :-1], positions_up[:, :-1], cache,
+                            jnp.int32(0), kv_mask_us)
+    logits_u1v, cache = model.decode(tokens_up[:, -1:], positions_up[:, -1:], cache,
+                                     jnp.int32(width - 1), kv_mask_us)
 
-        def rep(x, axis):
-            return jnp.repeat(x, g, axis=axis)
+    def rep(x, axis):
+        return jnp.repeat(x, g, axis=axis)
 
-        cache = jax.tree.map(lambda x: rep(x, 1), cache)  # k/v: [L, B, S, Hkv, Dh]
-        kv_mask_bs = rep(kv_mask_us, 0)
-        next_pos_b = rep(positions_up[:, -1] + 1, 0)
-        logits_bv = rep(logits_u1v[:, 0].astype(jnp.float32), 0)
+    cache = jax.tree.map(lambda x: rep(x, 1), cache)  # k/v: [L, B, S, Hkv, Dh]
+    kv_mask_bs = rep(kv_mask_us, 0)
+    next_pos_b = rep(positions_up[:, -1] + 1, 0)
+    logits_bv = rep(logits_u1v[:, 0].astype(jnp.float32), 0)
 
-        stop_width = stop_sl.shape[1]
-        stop_valid_sl = stop_sl >= 0
+    stop_width = stop_sl.shape[1]
+    stop_valid_sl = stop_sl >= 0
 
-        def pick(logits_bv, step_key):
-            if greedy:
-                return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-            scaled_bv = logits_bv / temperature
-            if use_top_p:
-                scaled_bv = top_p_filter(scaled_bv, top_p)
-            return jax.random.categorical(step_key, scaled_bv, axis=-1).astype(jnp.int32)
+    def pick(logits_bv, step_key):
+        if greedy:
+            return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+        scaled_bv = logits_bv / temperature
+        if use_top_p:
+            scaled_bv = top_p_filter(scaled_bv, top_p)
+        return jax.random.categorical(step_key, scaled_bv, axis=-1).astype(jnp.int32)
 
-        def cond(carry):
-            i, done_b = carry[0], carry[5]
-            return (i < n) & ~jnp.all(done_b)
+    def cond(carry):
+        i, done_b = carry[0], carry[5]
+        return (i < n) & ~jnp.all(done_b)
 
-        def body(carry):
-            i, key, cache, logits_bv, tail_bl, done_b, tokens_bn, logp_bn, lengths_b = carry
-            key, step_key = jax.random.split(key)
-            tok_b = pick(logits_bv, step_key)
-            logp_b = jnp.take_along_axis(
-                jax.nn.log_softmax(logits_bv, axis=-1), tok_b[:, None], axis=-1)[:, 0]
-            tok_b = jnp.where(done_b, self.pad_id, tok_b)
-            logp_b = jnp.where(done_b, 0.0, logp_b)
-            tokens_bn = tokens_bn.at[:, i].set(tok_b)
-            logp_bn = logp_bn.at[:, i].set(logp_b)
-            lengths_b = lengths_b + (~done_b).astype(jnp.int32)
+    def body(carry):
+        i, key, cache, logits_bv, tail_bl, done_b, tokens_bn, logp_bn, lengths_b = carry
+        key, step_key = jax.random.split(key)
+        tok_b = pick(logits_bv, step_key)
+        logp_b = jnp.take_along_axis(
+            jax.nn.log_softmax(logits_bv, axis=-1), tok_b[:, None], axis=-1)[:, 0]
+        tok_b = jnp.where(done_b, pad_id, tok_b)
+        logp_b = jnp.where(done_b, 0.0, logp_b)
+        tokens_bn = tokens_bn.at[:, i].set(tok_b)
+        logp_bn = logp_bn.at[:, i].set(logp_b)
+        lengths_b = lengths_b + (~done_b).astype(jnp.int32)
 
-            tail_bl = jnp.concatenate([tail_bl[:, 1:], tok_b[:, None]], axis=1)
-            eq_bsl = (tail_bl[:, None, :] == stop_sl[None]) | ~stop_valid_sl[None]
-            hit_b = jnp.any(jnp.all(eq_bsl, axis=-1) & (stop_len_s > 0)[None], axis=-1)
-            done_b = done_b | hit_b | (tok_b == self.eos_id)
+        tail_bl = jnp.concatenate([tail_bl[:, 1:], tok_b[:, None]], axis=1)
+        eq_bsl = (tail_bl[:, None, :] == stop_sl[None]) | ~stop_valid_sl[None]
+        hit_b = jnp.any(jnp.all(eq_bsl, axis=-1) & (stop_len_s > 0)[None], axis=-1)
+        done_b = done_b | hit_b | (tok_b == eos_id)
 
-            logits_b1v, cache = model.decode(tok_b[:, None], (next_pos_b + i)[:, None], cache,
-                                             width + i, kv_mask_bs)
-            return (i + 1, key, cache, logits_b1v[:, 0].astype(jnp.float32), tail_bl, done_b,
-                    tokens_bn, logp_bn, lengths_b)
+        logits_b1v, cache = model.decode(tok_b[:, None], (next_pos_b + i)[:, None], cache,
+                                         width + i, kv_mask_bs)
+        return (i + 1, key, cache, logits_b1v[:, 0].astype(jnp.float32), tail_bl, done_b,
+                tokens_bn, logp_bn, lengths_b)
 
-        carry = (
-            jnp.int32(0), key, cache, logits_bv,
-            jnp.full((rows, stop_width), -1, jnp.int32),  # -1: never matches a stop token
-            jnp.zeros((rows,), bool),
-            jnp.full((rows, n), self.pad_id, jnp.int32),
-            jnp.zeros((rows, n), jnp.float32),
-            jnp.zeros((rows,), jnp.int32),
-        )
-        out = jax.lax.while_loop(cond, body, carry)
-        return out[6], out[7], out[8]
+    carry = (
+        jnp.int32(0), key, cache, logits_bv,
+        jnp.full((rows, stop_width), -1, jnp.int32),  # -1: never matches a stop token
+        jnp.zeros((rows,), bool),
+        jnp.full((rows, n), pad_id, jnp.int32),
+        jnp.zeros((rows, n), jnp.float32),
+        jnp.zeros((rows,), jnp.int32),
+    )
+    out = jax.lax.while_loop(cond, body, carry)
+    return out[6], out[7], out[8]

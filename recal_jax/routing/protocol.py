@@ -20,8 +20,9 @@ environment's `<information>` block; only whitespace outside these; no `<answer>
 
 `<information>` blocks are opaque: their content is the environment's (a routed model's
 reply may itself contain `<answer>` tags), so the scan jumps to the next
-`</information>`. Callers that insert replies should use `information_block`, which
-neutralises a literal `</information>` inside the reply.
+`</information>`. Callers that insert replies should use `information_block` (the engine's
+exact wrappers INFO_OPEN / INFO_CLOSE around `sanitize_reply(reply)`), which neutralises
+every protocol tag inside the reply.
 
 Lenient extraction (filled even when format fails, for evaluation):
   * calls: every well-formed `<search>...</search>` block whose NAME resolves to a pool
@@ -40,7 +41,9 @@ from typing import NamedTuple, Sequence
 
 TAG_NAMES = ("think", "search", "information", "answer")
 _TAG_RE = re.compile(r"<(/?)(think|search|information|answer)>")
-_INFO_CLOSE = "</information>"
+_INFO_END_TAG = "</information>"
+# What the rollout engine inserts around a routed model's reply.
+INFO_OPEN, INFO_CLOSE = "\n\n<information>", "</information>\n\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +61,16 @@ class _Tag(NamedTuple):
     name: str
 
 
+def sanitize_reply(text: str) -> str:
+    """Neutralise protocol tags inside a model reply (untrusted text) so it cannot close the
+    information block or fake an answer: `<answer>` -> `&lt;answer&gt;`."""
+    return _TAG_RE.sub(r"&lt;\1\2&gt;", text)
+
+
 def information_block(reply: str) -> str:
-    """Wrap an environment reply so that it cannot close the block early."""
-    return "<information>" + reply.replace(_INFO_CLOSE, "</ information>") + _INFO_CLOSE
+    """The information block the engine inserts for `reply`: INFO_OPEN, the sanitised reply,
+    INFO_CLOSE (so the reply cannot close the block early or fake tags)."""
+    return INFO_OPEN + sanitize_reply(reply) + INFO_CLOSE
 
 
 def _tokenize(text: str) -> list[_Tag]:
@@ -73,10 +83,10 @@ def _tokenize(text: str) -> list[_Tag]:
         closing, name = m.group(1) == "/", m.group(2)
         tags.append(_Tag(start, m.end(), closing, name))
         if name == "information" and not closing:
-            close = text.find(_INFO_CLOSE, m.end())
+            close = text.find(_INFO_END_TAG, m.end())
             if close < 0:
                 break
-            skip_until = close + len(_INFO_CLOSE)
+            skip_until = close + len(_INFO_END_TAG)
             tags.append(_Tag(close, skip_until, True, "information"))
     return tags
 

@@ -230,7 +230,8 @@ def compute_components(
 
 def default_cost_ref(log: RoutingLog) -> float:
     """The most expensive model's mean call cost over the log (spec section 3), with the
-    log's one cost rule `RoutingLog.call_cost` (logged cost, else prices x token estimates)."""
+    log's one cost rule `RoutingLog.call_cost` (logged cost, else prices x token estimates of
+    the question and the logged reply or first gold answer): what ReplayPool charges."""
     if not log.records:
         raise ValueError(f"routing log {log.name!r} is empty; cannot derive cost_ref")
     best = max(sum(log.call_cost(r, m) for r in log.records) / len(log.records) for m in log.models)

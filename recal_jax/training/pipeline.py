@@ -54,8 +54,7 @@ def calibration_config(config, num_datasets: int, cost_ref: float) -> Calibratio
     `overrides` ("key=value,key=value", values parsed as JSON) applied."""
     overrides: dict[str, Any] = {"tau": float(config.calibration.tau), "cost_ref": float(cost_ref),
                                  "route_rule": config.reward.route_rule}
-    text = config.calibration.overrides.strip()
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    for item in _split_top_level(config.calibration.overrides):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"calibration.overrides item {item!r} is not key=value")
@@ -64,6 +63,21 @@ def calibration_config(config, num_datasets: int, cost_ref: float) -> Calibratio
         except json.JSONDecodeError:
             overrides[key.strip()] = value.strip()
     return CalibrationConfig.preset(config.calibration.preset, num_datasets=num_datasets, **overrides)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """'a=1,w=[1,2]' -> ['a=1', 'w=[1,2]']: commas inside brackets do not split."""
+    items, depth, current = [], 0, []
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    items.append("".join(current))
+    return [i.strip() for i in items if i.strip()]
 
 
 @dataclasses.dataclass
@@ -177,6 +191,10 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
             rd.log(0, {"eval": summary["sft_policy"]}, phase="eval_sft")
             summary["timings"]["eval_sft_seconds"] = time.perf_counter() - t0
     state = _grpo(run, state, grpo_opt, ckpt, progress)
+    if int(state.data_position) < c.grpo.steps:  # stopped early (grpo.stop_at_step): resume later
+        ckpt.close()
+        rd.close()
+        return {"stopped_at_step": int(state.data_position), "timings": summary["timings"]}
 
     t0 = time.perf_counter()
     policy = _evaluate(run, state.params, state.calib_state, k_eval)
@@ -213,8 +231,9 @@ def _grpo(run: Run, state: TrainState, optimizer, ckpt: Checkpointer, progress: 
     start = int(state.data_position)
     batches = stratified_batches(run.suite.train, g.instances_per_step, np.random.default_rng(c.seed))
     batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
-    bar = tqdm(range(start, g.steps), desc="grpo", disable=not progress, initial=start, total=g.steps)
-    cost_so_far = 0.0
+    stop = min(g.steps, g.stop_at_step) if g.stop_at_step else g.steps
+    bar = tqdm(range(start, stop), desc="grpo", disable=not progress, initial=start, total=g.steps)
+    cost_so_far = sum(r.get("cost_total", 0.0) for r in rd.read_metrics("train"))
     for step in bar:
         state, metrics = iteration(state, next(batches))
         cost_so_far += metrics["cost_total"]

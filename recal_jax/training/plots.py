@@ -5,10 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 COMPONENT_KEYS = ("format", "answer", "info", "route", "balance")
 
@@ -20,7 +17,8 @@ def plot_training_curves(rows: Sequence[Mapping], path: pathlib.Path) -> pathlib
     if not rows:
         return None
     steps = [r["step"] for r in rows]
-    fig, (ax_r, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))  # no pyplot: the caller's backend stays as it is
+    ax_r, ax_d = fig.subplots(1, 2)
     for key in COMPONENT_KEYS:
         name = f"reward/{key}"
         if any(name in r for r in rows):
@@ -38,14 +36,14 @@ def plot_training_curves(rows: Sequence[Mapping], path: pathlib.Path) -> pathlib
         ax_d.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_accuracy_vs_cost(points: Mapping[str, tuple[float, float]], path: pathlib.Path,
                           highlight: Sequence[str] = ()) -> pathlib.Path:
     """points: router name -> (cost per query in USD, accuracy). Highlighted names are drawn larger."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     for name, (cost, acc) in points.items():
         big = name in highlight
         ax.scatter([cost], [acc], s=80 if big else 25, marker="*" if big else "o",
@@ -57,5 +55,4 @@ def plot_accuracy_vs_cost(points: Mapping[str, tuple[float, float]], path: pathl
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

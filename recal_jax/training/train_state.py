@@ -50,6 +50,9 @@ class TrainState(struct.PyTreeNode):
         if rng.shape != (2,):
             raise ValueError(f"TrainState.create: rng must be a PRNG key; got shape {rng.shape}")
         ref = jax.tree.map(jnp.copy, params) if with_reference else None
+        # Weakly typed leaves (e.g. jnp.full(..., 0.25)) would change type after the first
+        # step and make the jitted step compile twice.
+        calib_state = jax.tree.map(lambda x: jnp.asarray(x, jnp.asarray(x).dtype), calib_state)
         return cls(
             graphdef=graphdef,
             params=params,

@@ -155,15 +155,15 @@ def _accumulated_grads(loss_fn: LossFn, params: Any, batch: dict, n: int, mesh: 
 class _ShardedStep:
     """Validates, places state and batch on the mesh, then runs the jitted step.
 
-    The state keeps the shardings that `tree_shardings(state, mesh, rules)` gives it
+    The state keeps the shardings `tree_shardings(state, mesh, tensor_parallel)` gives it
     (params by their nnx metadata); the batch rows are split over ('data', 'fsdp').
     """
 
-    def __init__(self, step_fn, mesh: Mesh, rules,
+    def __init__(self, step_fn, mesh: Mesh, tensor_parallel: bool | None,
                  check: Callable[[TrainState, Mapping], None]):
         self._step_fn = step_fn
         self._mesh = mesh
-        self._rules = rules
+        self._tensor_parallel = tensor_parallel
         self._check = check
         self._compiled = None
         self._state_shardings = None
@@ -171,7 +171,7 @@ class _ShardedStep:
     def __call__(self, state: TrainState, batch: Mapping[str, Any]):
         self._check(state, batch)
         if self._compiled is None:
-            self._state_shardings = tree_shardings(state, self._mesh, self._rules)
+            self._state_shardings = tree_shardings(state, self._mesh, self._tensor_parallel)
             self._compiled = jax.jit(
                 self._step_fn,
                 out_shardings=(self._state_shardings, replicated(self._mesh)),
@@ -194,9 +194,19 @@ def _policy_mask(mb: dict) -> jax.Array:
     return mask.at[:, 0].set(0.0)
 
 
+def _grad_step(loss_fn, state: TrainState, batch: dict, n: int, mesh: Mesh, optimizer):
+    """Accumulated gradients over `n` microbatches, one optimizer update, and the metrics
+    (loss_fn's aux plus loss, grad_norm, num_tokens)."""
+    grads, loss, aux = _accumulated_grads(loss_fn, state.params, batch, n, mesh)
+    metrics = aux_to_metrics(aux)
+    metrics.update(loss=loss.value(), grad_norm=optax.global_norm(grads),
+                   num_tokens=jnp.sum(_policy_mask(batch)))
+    return _apply(state, optimizer, grads), metrics
+
+
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     loss_config: LossConfig, mesh: Mesh, num_microbatches: int = 1,
-                    rules: Mapping[str, Any] | None = None):
+                    tensor_parallel: bool | None = None):
     """GRPO step: (state, batch) -> (state, metrics), jitted and sharded over `mesh`.
 
     batch: tokens_bt i32[B,T], attention_mask_bt bool/int[B,T], loss_mask_bt f32[B,T],
@@ -224,11 +234,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         if cfg.kl_coef > 0 and "logp_ref_bt" not in batch:
             batch["logp_ref_bt"] = jax.lax.stop_gradient(_forward(
                 graphdef, state.ref_params, batch["tokens_bt"], batch["attention_mask_bt"])[0])
-        grads, loss, aux = _accumulated_grads(loss_fn, state.params, batch, n, mesh)
-        metrics = aux_to_metrics(aux)
-        metrics.update(loss=loss.value(), grad_norm=optax.global_norm(grads),
-                       num_tokens=jnp.sum(_policy_mask(batch)))
-        return _apply(state, optimizer, grads), metrics
+        return _grad_step(loss_fn, state, batch, n, mesh, optimizer)
 
     rows = n * batch_parallelism(mesh)
 
@@ -237,12 +243,12 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         if cfg.kl_coef > 0 and "logp_ref_bt" not in b and state.ref_params is None:
             raise ValueError("kl_coef > 0 needs batch['logp_ref_bt'] or state.ref_params")
 
-    return _ShardedStep(step_fn, mesh, rules, check)
+    return _ShardedStep(step_fn, mesh, tensor_parallel, check)
 
 
 def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                   mesh: Mesh, num_microbatches: int = 1, agg: str = "token-mean",
-                  rules: Mapping[str, Any] | None = None):
+                  tensor_parallel: bool | None = None):
     """Supervised (teacher-forced) step: (state, batch) -> (state, metrics).
 
     Loss: -logp of each target token with loss_mask_bt (position 0 ignored), aggregated
@@ -263,12 +269,8 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
                                                   "token-mean")}
 
     def step_fn(state: TrainState, batch: dict):
-        grads, loss, aux = _accumulated_grads(loss_fn, state.params, batch, n, mesh)
-        metrics = aux_to_metrics(aux)
-        metrics.update(loss=loss.value(), grad_norm=optax.global_norm(grads),
-                       num_tokens=jnp.sum(_policy_mask(batch)))
-        return _apply(state, optimizer, grads), metrics
+        return _grad_step(loss_fn, state, batch, n, mesh, optimizer)
 
     rows = n * batch_parallelism(mesh)
     check = lambda state, b: _check_batch(b, _SFT_KEYS, (), rows)
-    return _ShardedStep(step_fn, mesh, rules, check)
+    return _ShardedStep(step_fn, mesh, tensor_parallel, check)

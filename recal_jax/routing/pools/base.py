@@ -11,12 +11,12 @@ import abc
 import asyncio
 import concurrent.futures
 import dataclasses
-import math
 import time
 import weakref
 from typing import Mapping, Sequence
 
-from recal_jax.data.schema import ModelInfo, RoutingRecord
+# estimate_tokens / price_usd live with the log's cost rule; re-exported for the pools.
+from recal_jax.data.schema import ModelInfo, RoutingRecord, estimate_tokens, price_usd  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,16 +36,6 @@ class PoolReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
-
-
-def estimate_tokens(text: str) -> int:
-    """Token-count estimate for logs without usage: ceil(characters / 4), at least 1."""
-    return max(1, math.ceil(len(text) / 4))
-
-
-def price_usd(info: ModelInfo, prompt_tokens: int, completion_tokens: int) -> float:
-    """Prices are USD per 1M tokens."""
-    return (prompt_tokens * info.price_in + completion_tokens * info.price_out) / 1e6
 
 
 def error_reply(message: str, latency_s: float = 0.0) -> PoolReply:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from recal_jax.data.schema import RoutingLog, RoutingRecord
+from recal_jax.data.schema import RoutingLog, RoutingRecord, estimate_tokens
 from recal_jax.routing.pools.distractors import wrong_answer
-from recal_jax.routing.pools.base import Pool, PoolReply, error_reply, estimate_tokens, price_usd
+from recal_jax.routing.pools.base import Pool, PoolReply, error_reply
 
 
 class ReplayPool(Pool):
@@ -16,8 +16,8 @@ class ReplayPool(Pool):
     records' gold answers of the same dataset, then generated distractors. The spec says
     "score 1"; the default threshold 0.5 reads F1-style partial scores >= 0.5 as correct,
     and `correct_threshold=1.0` gives the spec's literal rule.
-    Cost: record.costs[model] when logged, else prices x ceil(chars / 4) token estimates.
-    The query is ignored: a log holds one reply per (instance, model).
+    Cost: `log.call_cost(record, model)` (the log's one rule, what the reference routers
+    charge). The query is ignored: a log holds one reply and one cost per (instance, model).
     """
 
     needs_record = True
@@ -56,12 +56,8 @@ class ReplayPool(Pool):
         text = self.reply_text(model, record)
         if text is None:
             return error_reply(f"no logged reply or score of model {model!r} on record {record.id!r}")
-        n_in, n_out = estimate_tokens(query or record.question), estimate_tokens(text)
-        if record.costs is not None and model in record.costs:
-            cost = float(record.costs[model])
-        else:
-            cost = price_usd(self._models[model], n_in, n_out)
+        n_in, n_out = estimate_tokens(record.question), estimate_tokens(text)
         return PoolReply(
-            text=text, cost_usd=cost, tokens=n_in + n_out, latency_s=0.0, ok=True,
+            text=text, cost_usd=self.log.call_cost(record, model), tokens=n_in + n_out, latency_s=0.0, ok=True,
             prompt_tokens=n_in, completion_tokens=n_out,
         )

@@ -6,9 +6,9 @@ import asyncio
 import math
 from typing import Mapping
 
-from recal_jax.data.schema import ModelInfo, RoutingRecord
+from recal_jax.data.schema import ModelInfo, RoutingRecord, estimate_tokens, price_usd
 from recal_jax.routing.pools.distractors import stable_hash, stable_uniform, wrong_answer
-from recal_jax.routing.pools.base import Pool, PoolReply, error_reply, estimate_tokens, price_usd
+from recal_jax.routing.pools.base import Pool, PoolReply, error_reply
 
 
 class SimulatedPool(Pool):

@@ -1,0 +1,27 @@
+"""Grid: grpo, router_r1 and recal x 3 seeds on nq_pool6 (real replies of Router-R1's pool, F1).
+
+    python experiments/run_grid.py --grid=experiments/grid_configs/nq_pool6.py
+
+router_r1 keeps the configured route rule (reward.route_rule) and its preset's
+router_r1_alpha, which defaults to 0 (no cost term in Router-R1's scalar reward); set it with
+--grid.overrides.calibration.overrides=router_r1_alpha=0.5 (that applies to every preset's
+calibration, and only router_r1 reads it).
+"""
+
+import ml_collections
+
+
+def get_config():
+    g = ml_collections.ConfigDict()
+    g.base_config = "launch/configs/nq_pool6.py"
+    g.suites = ("nq_pool6",)
+    g.presets = ("grpo", "router_r1", "recal")
+    g.seeds = (0, 1, 2)
+    g.route_weights = ()
+    g.overrides = ml_collections.ConfigDict(dict(
+        calibration=dict(overrides=""),
+        sft=dict(steps=200),
+        grpo=dict(steps=80, instances_per_step=16, group_size=8),
+        eval=dict(every=0),
+    ))
+    return g

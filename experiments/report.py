@@ -1,0 +1,249 @@
+"""Aggregate a results directory written by run_grid.py into RESULTS.md, plots and summary.json.
+
+    python experiments/report.py --results_dir=experiments/results
+
+Per suite: a table with one row per preset (and route weight): mean test accuracy over seeds,
+its 95% t-interval, per-dataset accuracy, cost per query and the stability figures; then the
+policy after SFT (mean over all the suite's runs) and the reference routers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+from typing import Any
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent
+if str(EXPERIMENTS) not in sys.path:
+    sys.path.insert(0, str(EXPERIMENTS))
+
+import grid_stats  # noqa: E402
+import report_plots  # noqa: E402
+from grid_layout import COMMAND, SUMMARY, parse_run_name  # noqa: E402
+
+PRESET_ORDER = ("grpo", "dr_grpo", "router_r1", "gdpo", "recal", "recal_no_decomp",
+                "recal_no_dataset_norm", "recal_no_reweight", "recal_no_gate")
+REFERENCE_ORDER = ("random", "best_single", "oracle", "cheapest_correct")
+SFT_LABEL = "after SFT (no RL)"
+DASH = "—"
+
+
+@dataclasses.dataclass
+class RunResult:
+    suite: str
+    name: str
+    preset: str
+    route_weight: float | None
+    seed: int
+    summary: dict
+    train_rows: list[dict]
+    config: dict
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_runs(results_dir) -> dict[str, list[RunResult]]:
+    """suite -> its finished runs (directories <suite>/<run name>/ holding summary.json)."""
+    results_dir = pathlib.Path(results_dir)
+    if not results_dir.is_dir():
+        raise ValueError(f"results directory {str(results_dir)!r} does not exist")
+    suites: dict[str, list[RunResult]] = {}
+    for suite_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
+        for run_dir in sorted(p for p in suite_dir.iterdir() if p.is_dir()):
+            if not (run_dir / SUMMARY).is_file():
+                continue
+            try:
+                preset, rw, seed = parse_run_name(run_dir.name)
+            except ValueError:
+                continue
+            summary = json.loads((run_dir / SUMMARY).read_text())
+            if "policy" not in summary:
+                continue
+            config_path = run_dir / "config.json"
+            config = json.loads(config_path.read_text()) if config_path.exists() else {}
+            rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("phase") == "train"]
+            suites.setdefault(suite_dir.name, []).append(
+                RunResult(suite_dir.name, run_dir.name, preset, rw, seed, summary, rows, config))
+    return suites
+
+
+def _label(preset: str, rw: float | None) -> str:
+    return preset if rw is None else f"{preset} rw={rw:g}"
+
+
+def _sort_key(key: tuple[str, float | None]):
+    preset, rw = key
+    rank = PRESET_ORDER.index(preset) if preset in PRESET_ORDER else len(PRESET_ORDER)
+    return (rank, preset, -1.0 if rw is None else rw)
+
+
+def _mean_router(results: list[dict], datasets: list[str]) -> dict:
+    """Mean over runs of {accuracy, per_dataset, cost_per_query} dicts."""
+    return {
+        "accuracy": grid_stats.finite_mean(r.get("accuracy") for r in results),
+        "per_dataset": {d: grid_stats.finite_mean(r.get("per_dataset", {}).get(d) for r in results)
+                        for d in datasets},
+        "cost_per_query": grid_stats.finite_mean(r.get("cost_per_query") for r in results),
+    }
+
+
+def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
+    """The numbers of one suite's section (JSON-ready)."""
+    if not runs:
+        raise ValueError("aggregate_suite needs at least one finished run")
+    datasets = sorted({d for r in runs for d in r.summary["policy"].get("per_dataset", {})})
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.preset, r.route_weight), []).append(r)
+    rows = []
+    for key in sorted(groups, key=_sort_key):
+        members = sorted(groups[key], key=lambda r: r.seed)
+        mean, half = grid_stats.mean_ci95([r.summary["policy"]["accuracy"] for r in members])
+        router = _mean_router([r.summary["policy"] for r in members], datasets)
+        stab = [r.summary.get("stability", {}) for r in members]
+        rows.append({
+            "label": _label(*key), "preset": key[0], "route_weight": key[1],
+            "seeds": [r.seed for r in members], "n": len(members),
+            "accuracy": mean, "ci95_half": half,
+            "ci95": None if half is None else [mean - half, mean + half],
+            "per_dataset": router["per_dataset"], "cost_per_query": router["cost_per_query"],
+            "reward_std_last_third": grid_stats.finite_mean(s.get("reward_std_last_third") for s in stab),
+            "grad_norm_spikes": grid_stats.finite_mean(s.get("grad_norm_spikes") for s in stab),
+            "collapsed": int(sum(bool(s.get("collapsed", False)) for s in stab)),
+            "grpo_steps": sorted({int(r.summary.get("grpo_steps", 0)) for r in members}),
+        })
+    sft_runs = [r.summary["sft_policy"] for r in runs if "sft_policy" in r.summary]
+    sft = {**_mean_router(sft_runs, datasets), "n": len(sft_runs)} if sft_runs else None
+    references = {}
+    ref_keys = sorted({k for r in runs for k in r.summary.get("references", {})},
+                      key=lambda k: (REFERENCE_ORDER.index(k) if k in REFERENCE_ORDER else len(REFERENCE_ORDER), k))
+    for k in ref_keys:
+        results = [r.summary["references"][k] for r in runs if k in r.summary.get("references", {})]
+        names = {res.get("name", k) for res in results}
+        label = names.pop() if len(names) == 1 else k  # e.g. "best_single (large-pro)" when every run agrees
+        references[label] = {"key": k, **_mean_router(results, datasets)}
+    sft_steps = sorted({int(r.config["sft"]["steps"]) for r in runs if "sft" in r.config})
+    return {
+        "datasets": datasets, "rows": rows, "sft": sft, "references": references,
+        "num_runs": len(runs), "seeds": sorted({r.seed for r in runs}),
+        "grpo_steps": sorted({s for row in rows for s in row["grpo_steps"]}), "sft_steps": sft_steps,
+    }
+
+
+def _f(value, fmt: str = ".3f") -> str:
+    return DASH if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
+
+
+def markdown_table(agg: dict[str, Any]) -> str:
+    """The suite's table: presets, then the SFT-only policy, then the reference routers."""
+    datasets = agg["datasets"]
+    head = (["router", "accuracy", "95% CI"] + datasets
+            + ["cost/query (USD)", "reward std (last 1/3)", "grad-norm spikes", "collapsed", "seeds"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def line(label, acc, ci, per, cost, tail):
+        cells = [label, _f(acc), ci] + [_f(per.get(d)) for d in datasets] + [_f(cost, ".3g")] + tail
+        lines.append("| " + " | ".join(cells) + " |")
+
+    for row in agg["rows"]:
+        ci = "n/a" if row["ci95"] is None else f"[{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
+        line(row["label"], row["accuracy"], ci, row["per_dataset"], row["cost_per_query"],
+             [_f(row["reward_std_last_third"]), _f(row["grad_norm_spikes"], ".1f"),
+              f"{row['collapsed']}/{row['n']}", str(row["n"])])
+    if agg["sft"] is not None:
+        s = agg["sft"]
+        line(SFT_LABEL, s["accuracy"], DASH, s["per_dataset"], s["cost_per_query"], [DASH] * 3 + [str(s["n"])])
+    for label, ref in agg["references"].items():
+        line(label, ref["accuracy"], DASH, ref["per_dataset"], ref["cost_per_query"], [DASH] * 4)
+    return "\n".join(lines)
+
+
+def _commands(suite_dir: pathlib.Path) -> list[str]:
+    path = suite_dir / COMMAND
+    return [c for c in path.read_text().splitlines() if c.strip()] if path.exists() else []
+
+
+def _curves(runs: list[RunResult]) -> dict[str, tuple[list[int], list[float]]]:
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.preset, r.route_weight), []).append(r)
+    curves = {}
+    for key in sorted(groups, key=_sort_key):
+        per_run = [{row["step"]: row["reward/answer"] for row in r.train_rows
+                    if row.get("reward/answer") is not None} for r in groups[key]]
+        steps, values = grid_stats.mean_curve(per_run)
+        if steps:
+            curves[_label(*key)] = (steps, values)
+    return curves
+
+
+def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) -> tuple[str, dict]:
+    agg = aggregate_suite(runs)
+    commands = _commands(results_dir / suite)
+    agg["commands"] = commands
+    plots = {"accuracy_vs_cost": f"{suite}-accuracy_vs_cost.png"}
+    report_plots.accuracy_vs_cost(agg["rows"], agg["references"], results_dir / plots["accuracy_vs_cost"], suite)
+    if any(row["route_weight"] is not None for row in agg["rows"]):
+        plots["pareto"] = f"{suite}-pareto_route_weight.png"
+        report_plots.pareto_fronts(agg["rows"], agg["references"], results_dir / plots["pareto"], suite)
+    curves = _curves(runs)
+    if curves:
+        plots["training_curves"] = f"{suite}-training_curves.png"
+        report_plots.training_curves(curves, results_dir / plots["training_curves"], suite)
+    agg["plots"] = plots
+    steps = ", ".join(map(str, agg["grpo_steps"])) or DASH
+    sft_steps = ", ".join(map(str, agg["sft_steps"])) or DASH
+    out = [f"## {suite}", "",
+           f"{agg['num_runs']} finished runs; seeds {', '.join(map(str, agg['seeds']))} "
+           f"(the `seeds` column gives each row's count); GRPO steps {steps}; SFT steps {sft_steps}. "
+           "Accuracy is on the test split; the CI is the 95% Student-t interval of the mean over seeds.", "",
+           "Runs produced by:", ""]
+    out += [f"    {c}" for c in commands] if commands else ["    (no command.txt in this suite directory)"]
+    out += ["", markdown_table(agg), ""]
+    out += [f"![{name}]({file})" for name, file in plots.items()]
+    return "\n".join(out) + "\n", agg
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_report(results_dir) -> pathlib.Path:
+    """Writes RESULTS.md, summary.json and the plots into results_dir; returns RESULTS.md's path."""
+    results_dir = pathlib.Path(results_dir)
+    suites = load_runs(results_dir)
+    sections, numbers = [], {}
+    for suite, runs in suites.items():
+        text, agg = suite_section(suite, runs, results_dir)
+        sections.append(text)
+        numbers[suite] = agg
+    body = "# Results\n\n" + ("\n".join(sections) if sections else "No finished runs yet.\n")
+    (results_dir / "summary.json").write_text(json.dumps(_jsonable(numbers), indent=2, sort_keys=True))
+    path = results_dir / "RESULTS.md"
+    path.write_text(body)
+    return path
+
+
+def main(argv):
+    del argv
+    print(f"wrote {write_report(_RESULTS_DIR.value)}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    _RESULTS_DIR = flags.DEFINE_string("results_dir", "experiments/results", "Root written by run_grid.py.")
+    app.run(main)

@@ -1,0 +1,75 @@
+"""Plots of the aggregated grid results (report.py draws them next to RESULTS.md)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _finish(fig, ax, path: pathlib.Path, title: str, xlabel: str, ylabel: str) -> pathlib.Path:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_cost(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str) -> pathlib.Path:
+    """rows: aggregated policy rows (label, cost_per_query, accuracy, ci95_half); references:
+    label -> {cost_per_query, accuracy}. Policies get CI bars, references are grey points."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for row in rows:
+        yerr = row["ci95_half"] if row["ci95_half"] is not None else 0.0
+        ax.errorbar([row["cost_per_query"]], [row["accuracy"]], yerr=[yerr], fmt="o", capsize=3, zorder=3)
+        ax.annotate(row["label"], (row["cost_per_query"], row["accuracy"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    for label, ref in references.items():
+        ax.scatter([ref["cost_per_query"]], [ref["accuracy"]], color="grey", marker="s", s=18, zorder=2)
+        ax.annotate(label, (ref["cost_per_query"], ref["accuracy"]), fontsize=6, color="grey",
+                    xytext=(3, -8), textcoords="offset points")
+    return _finish(fig, ax, pathlib.Path(path), f"{suite}: test accuracy against cost (95% CI over seeds)",
+                   "cost per query (USD)", "test accuracy")
+
+
+def pareto_fronts(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str) -> pathlib.Path:
+    """One line per preset through its route-weight points (in route-weight order), plus the
+    single models and the oracle as points."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    presets = sorted({r["preset"] for r in rows if r["route_weight"] is not None})
+    for preset in presets:
+        pts = sorted((r for r in rows if r["preset"] == preset and r["route_weight"] is not None),
+                     key=lambda r: r["route_weight"])
+        xs = [r["cost_per_query"] for r in pts]
+        ys = [r["accuracy"] for r in pts]
+        errs = [r["ci95_half"] or 0.0 for r in pts]
+        ax.errorbar(xs, ys, yerr=errs, fmt="-o", capsize=3, label=preset, zorder=3)
+        for r in pts:
+            ax.annotate(f"w={r['route_weight']:g}", (r["cost_per_query"], r["accuracy"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+    for label, ref in references.items():
+        if label.startswith("single:") or label == "oracle":
+            ax.scatter([ref["cost_per_query"]], [ref["accuracy"]], color="black", marker="x", s=25, zorder=2)
+            ax.annotate(label.removeprefix("single:"), (ref["cost_per_query"], ref["accuracy"]), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")
+    ax.legend(fontsize=8)
+    return _finish(fig, ax, pathlib.Path(path), f"{suite}: accuracy-cost fronts over the route weight",
+                   "cost per query (USD)", "test accuracy")
+
+
+def training_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path, suite: str) -> pathlib.Path:
+    """curves: row label -> (steps, mean over seeds of reward/answer)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, label=label)
+    if curves:
+        ax.legend(fontsize=7)
+    return _finish(fig, ax, pathlib.Path(path), f"{suite}: training answer reward (mean over seeds)",
+                   "GRPO step", "reward/answer")

@@ -1,0 +1,252 @@
+"""Run a grid of training runs (suites x presets x [route weights] x seeds), resumably.
+
+    python experiments/run_grid.py --grid=experiments/grid_configs/synthetic.py \
+        [--grid.seeds=0,1] [--grid.overrides.grpo.steps=30] \
+        [--results_dir=experiments/results] [--dry_run] [--only=substring]
+
+Each run goes to `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/` and runs in its own
+subprocess (experiments/grid_worker.py), so a crash or a memory blow-up ends that run only;
+the grid logs it and goes on. A run whose summary.json exists is skipped; a run with a
+checkpoint resumes from it. The command line is appended to `<results_dir>/<suite>/command.txt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Mapping
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent
+for _p in (str(ROOT), str(EXPERIMENTS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import ml_collections  # noqa: E402
+
+from grid_layout import COMMAND, SUMMARY, has_checkpoint, is_done, run_name  # noqa: E402
+from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
+from recal_jax.calibration.config import PRESET_NAMES  # noqa: E402
+
+WORKER = EXPERIMENTS / "grid_worker.py"
+RUN_CONFIG = "grid_run_config.json"
+RUN_LOG = "grid_log.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridRun:
+    suite: str
+    preset: str
+    seed: int
+    route_weight: float | None = None
+
+    @property
+    def name(self) -> str:
+        return run_name(self.preset, self.seed, self.route_weight)
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}/{self.name}"
+
+    def path(self, results_dir) -> pathlib.Path:
+        return pathlib.Path(results_dir) / self.suite / self.name
+
+
+def _tuple(value, what: str) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        value = (value,)
+    out = tuple(value)
+    if not out:
+        raise ValueError(f"grid.{what} is empty")
+    return out
+
+
+def expand_grid(grid) -> list[GridRun]:
+    """All runs of a grid config, in order suite -> preset -> route weight -> seed."""
+    suites = _tuple(grid.suites, "suites")
+    presets = _tuple(grid.presets, "presets")
+    seeds = _tuple(grid.seeds, "seeds")
+    unknown = [p for p in presets if p not in PRESET_NAMES]
+    if unknown:
+        raise ValueError(f"grid.presets has unknown preset(s) {unknown}; known: {list(PRESET_NAMES)}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise ValueError(f"grid.seeds must be ints >= 0, got {s!r}")
+    weights: tuple = tuple(grid.get("route_weights", ()) or ()) or (None,)
+    for w in weights:
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
+                              or not math.isfinite(w) or w < 0):
+            raise ValueError(f"grid.route_weights must be finite numbers >= 0, got {w!r}")
+    return [GridRun(str(suite), str(preset), int(seed), None if w is None else float(w))
+            for suite in suites for preset in presets for w in weights for seed in seeds]
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file; a relative path is taken from the repository root."""
+    p = pathlib.Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = ROOT / p
+    if not p.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_grid_base_{abs(hash(str(p)))}", p)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def flatten_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'grpo': {'steps': 2}, 'eval.every': 0} -> {'grpo.steps': 2, 'eval.every': 0}."""
+    flat: dict[str, Any] = {}
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides.to_dict().items()
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            flat.update(flatten_overrides(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Sets dotted keys on `config` in place; a key the config lacks is a ValueError."""
+    for dotted, value in flatten_overrides(overrides).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ValueError(f"config override {dotted!r}: the config has no section {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"config override {dotted!r}: the config has no field {leaf!r}")
+        try:
+            node[leaf] = value
+        except TypeError as err:
+            raise ValueError(f"config override {dotted}={value!r}: {err}") from err
+
+
+def route_weight_override(preset: str, weight: float) -> str:
+    """`weights=[...]` for calibration.overrides: the preset's weights with `route` set to `weight`."""
+    weights = list(CalibrationConfig.preset(preset).weights)
+    weights[COMPONENTS.index("route")] = float(weight)
+    return "weights=" + json.dumps(weights, separators=(",", ":"))
+
+
+def build_run_config(grid, run: GridRun) -> ml_collections.ConfigDict:
+    config = load_config_file(grid.base_config)
+    apply_overrides(config, grid.get("overrides", None) or {})
+    config.suite = run.suite
+    config.seed = run.seed
+    config.calibration.preset = run.preset
+    if run.route_weight is not None:
+        extra = route_weight_override(run.preset, run.route_weight)
+        current = config.calibration.overrides.strip()
+        config.calibration.overrides = f"{current},{extra}" if current else extra
+    return config
+
+
+def subprocess_runner(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
+    """Runs one training run in a fresh Python process; its output goes to workdir/grid_log.txt."""
+    cfg_path = workdir / RUN_CONFIG
+    cfg_path.write_text(config.to_json(indent=2, sort_keys=True))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    with (workdir / RUN_LOG).open("a") as log:
+        proc = subprocess.run([sys.executable, str(WORKER), "--run_config", str(cfg_path), "--workdir", str(workdir)],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, check=False)
+    return proc.returncode
+
+
+def _record_command(suite_dir: pathlib.Path, command: str) -> None:
+    path = suite_dir / COMMAND
+    lines = path.read_text().splitlines() if path.exists() else []
+    if command not in lines:
+        with path.open("a") as f:
+            f.write(command + "\n")
+
+
+def run_status(path: pathlib.Path) -> str:
+    if is_done(path):
+        return "done"
+    return "resume" if has_checkpoint(path) else "todo"
+
+
+def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, command: str = "",
+             runner: Callable[[ml_collections.ConfigDict, pathlib.Path], int] = subprocess_runner,
+             echo: Callable[[str], None] = print) -> list[dict]:
+    """Runs (or, with dry_run, lists) the grid's runs whose 'suite/name' contains `only`.
+
+    Returns one record per selected run: {"run", "path", "status"} with status one of
+    done (already there), finished, stopped (no summary yet, e.g. grpo.stop_at_step), failed,
+    and for a dry run: done / resume / todo."""
+    runs = [r for r in expand_grid(grid) if only in r.key]
+    configs = {r: build_run_config(grid, r) for r in runs}  # bad overrides fail before any run starts
+    results_dir = pathlib.Path(results_dir)
+    out = []
+    for i, run in enumerate(runs, 1):
+        path = run.path(results_dir)
+        head = f"[{i}/{len(runs)}] {run.key}"
+        if dry_run:
+            status = run_status(path)
+            echo(f"{head}: {status}")
+            out.append({"run": run.key, "path": str(path), "status": status})
+            continue
+        if is_done(path):
+            echo(f"{head}: skipped (summary.json exists)")
+            out.append({"run": run.key, "path": str(path), "status": "done"})
+            continue
+        path.mkdir(parents=True, exist_ok=True)
+        if command:
+            _record_command(path.parent, command)
+        if not has_checkpoint(path) and (path / "metrics.jsonl").exists():
+            (path / "metrics.jsonl").unlink()  # a restart from scratch must not append to a dead run's rows
+        t0 = time.perf_counter()
+        try:
+            rc, err = runner(configs[run], path), ""
+        except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
+            rc, err = -1, f"{type(e).__name__}: {e}"
+        wall = time.perf_counter() - t0
+        if rc == 0 and is_done(path):
+            acc = json.loads((path / SUMMARY).read_text()).get("policy", {}).get("accuracy")
+            acc_text = f", test accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
+            echo(f"{head}: finished in {wall:.0f} s{acc_text}")
+            status = "finished"
+        elif rc == 0:
+            echo(f"{head}: stopped after {wall:.0f} s without a summary (resumes on the next call)")
+            status = "stopped"
+        else:
+            reason = err or f"exit code {rc}, log: {path / RUN_LOG}"
+            echo(f"{head}: FAILED after {wall:.0f} s ({reason})")
+            status = "failed"
+        out.append({"run": run.key, "path": str(path), "status": status, "seconds": wall})
+    if not dry_run:
+        counts = {s: sum(r["status"] == s for r in out) for s in ("finished", "done", "stopped", "failed")}
+        echo("grid: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return out
+
+
+def main(argv):
+    del argv
+    command = shlex.join(["python", *sys.argv])
+    records = run_grid(_GRID.value, _RESULTS_DIR.value, only=_ONLY.value, dry_run=_DRY_RUN.value, command=command)
+    if any(r["status"] == "failed" for r in records):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _GRID = config_flags.DEFINE_config_file("grid", None, "Grid config file (experiments/grid_configs/*.py).")
+    _RESULTS_DIR = flags.DEFINE_string("results_dir", "experiments/results", "Root of the run directories.")
+    _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs and their status; run nothing.")
+    _ONLY = flags.DEFINE_string("only", "", "Run only the runs whose '<suite>/<run name>' contains this.")
+    flags.mark_flags_as_required(["grid"])
+    app.run(main)

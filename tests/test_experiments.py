@@ -1,0 +1,327 @@
+"""Experiment tooling: grid expansion, run naming, skip-if-done, dry run, and the report's math."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import grid_layout  # noqa: E402
+import grid_stats  # noqa: E402
+import report  # noqa: E402
+import run_grid  # noqa: E402
+
+
+# ---------------------------------------------------------------- naming and grid expansion
+
+
+def test_run_names_round_trip():
+    assert grid_layout.run_name("grpo", 0) == "grpo-s0"
+    assert grid_layout.run_name("recal", 2, 0.25) == "recal-rw0.25-s2"
+    assert grid_layout.run_name("recal_no_gate", 1, 1.0) == "recal_no_gate-rw1-s1"
+    assert grid_layout.run_name("gdpo", 0, 0) == "gdpo-rw0-s0"
+    for args in [("grpo", 3, None), ("recal_no_dataset_norm", 11, 0.5), ("gdpo", 0, 1e-5)]:
+        preset, seed, rw = args
+        assert grid_layout.parse_run_name(grid_layout.run_name(*args)) == (preset, rw, seed)
+    for bad in ["grpo", "grpo-sx", "grpo-rw-s1", "-s1", "recal-rw0.5"]:
+        with pytest.raises(ValueError):
+            grid_layout.parse_run_name(bad)
+    with pytest.raises(ValueError, match="route weight"):
+        grid_layout.run_name("grpo", 0, -0.5)
+    with pytest.raises(ValueError, match="seed"):
+        grid_layout.run_name("grpo", -1)
+
+
+def _grid(presets=("grpo", "recal"), seeds=(0, 1), route_weights=(), overrides=None):
+    g = ml_collections.ConfigDict()
+    g.base_config = "launch/configs/synthetic.py"
+    g.suites = ("synthetic",)
+    g.presets = presets
+    g.seeds = seeds
+    g.route_weights = route_weights
+    g.overrides = ml_collections.ConfigDict(overrides or {"grpo": {"steps": 3}, "sft": {"steps": 2}})
+    return g
+
+
+def test_expand_grid_order_and_paths(tmp_path):
+    runs = run_grid.expand_grid(_grid(presets=("grpo", "recal"), seeds=(0, 1), route_weights=(0.0, 0.5)))
+    assert [r.key for r in runs] == [
+        "synthetic/grpo-rw0-s0", "synthetic/grpo-rw0-s1", "synthetic/grpo-rw0.5-s0", "synthetic/grpo-rw0.5-s1",
+        "synthetic/recal-rw0-s0", "synthetic/recal-rw0-s1", "synthetic/recal-rw0.5-s0", "synthetic/recal-rw0.5-s1"]
+    assert runs[2].path(tmp_path) == tmp_path / "synthetic" / "grpo-rw0.5-s0"
+    assert len(run_grid.expand_grid(_grid())) == 4
+    with pytest.raises(ValueError, match="unknown preset"):
+        run_grid.expand_grid(_grid(presets=("grpo", "ppo")))
+    with pytest.raises(ValueError, match="seeds"):
+        run_grid.expand_grid(_grid(seeds=(0, -1)))
+
+
+def test_grid_configs_expand_to_the_planned_sizes():
+    sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36}
+    for name, size in sizes.items():
+        grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
+        runs = run_grid.expand_grid(grid)
+        assert len(runs) == size, name
+        config = run_grid.build_run_config(grid, runs[-1])
+        assert config.calibration.preset == runs[-1].preset
+
+
+def test_build_run_config_applies_overrides_preset_seed_and_route_weight():
+    grid = _grid(overrides={"grpo": {"steps": 3, "group_size": 4}, "synthetic": {"n_train_per_family": 8}})
+    run = run_grid.GridRun("synthetic", "gdpo", 2, 0.5)
+    c = run_grid.build_run_config(grid, run)
+    assert (c.grpo.steps, c.grpo.group_size, c.synthetic.n_train_per_family) == (3, 4, 8)
+    assert (c.seed, c.suite, c.calibration.preset) == (2, "synthetic", "gdpo")
+    key, _, value = c.calibration.overrides.partition("=")
+    assert key == "weights"
+    assert json.loads(value) == [0.5, 1.0, 0.25, 0.5, 0.1]  # spec default weights, route replaced
+    with pytest.raises(ValueError, match="no field"):
+        run_grid.build_run_config(_grid(overrides={"grpo": {"stepz": 3}}), run)
+    with pytest.raises(ValueError, match="no section"):
+        run_grid.build_run_config(_grid(overrides={"grpoo": {"steps": 3}}), run)
+
+
+def test_route_weight_override_reaches_the_calibration_config():
+    from recal_jax.training.pipeline import calibration_config
+
+    c = run_grid.build_run_config(_grid(), run_grid.GridRun("synthetic", "recal", 0, 0.75))
+    assert calibration_config(c, num_datasets=7, cost_ref=1.0).weights == (0.5, 1.0, 0.25, 0.75, 0.1)
+
+
+# ---------------------------------------------------------------- skip-if-done, failures, dry run
+
+
+def _fake_summary(acc):
+    return {"policy": {"accuracy": acc, "per_dataset": {}, "cost_per_query": 0.0}}
+
+
+def test_run_grid_skips_finished_runs_and_survives_a_failure(tmp_path):
+    grid = _grid()
+    done = tmp_path / "synthetic" / "grpo-s1"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps(_fake_summary(0.1)))
+    stale = tmp_path / "synthetic" / "recal-s0"
+    stale.mkdir(parents=True)
+    (stale / "metrics.jsonl").write_text('{"step": 0, "phase": "sft"}\n')
+    calls, lines = [], []
+
+    def runner(config, workdir):
+        calls.append((workdir.name, config.calibration.preset, config.seed))
+        assert not (workdir / "metrics.jsonl").exists()  # a dead run without checkpoint restarts clean
+        if workdir.name == "recal-s1":
+            raise RuntimeError("boom")
+        (workdir / "summary.json").write_text(json.dumps(_fake_summary(0.5)))
+        return 0
+
+    out = run_grid.run_grid(grid, tmp_path, command="python experiments/run_grid.py --grid=x", runner=runner,
+                            echo=lines.append)
+    assert calls == [("grpo-s0", "grpo", 0), ("recal-s0", "recal", 0), ("recal-s1", "recal", 1)]
+    assert [r["status"] for r in out] == ["finished", "done", "finished", "failed"]
+    assert "FAILED" in lines[3] and "boom" in lines[3] and "recal-s1" in lines[3]
+    assert "test accuracy 0.500" in lines[0] and "finished in" in lines[0]
+    assert (tmp_path / "synthetic" / "command.txt").read_text() == "python experiments/run_grid.py --grid=x\n"
+
+    calls.clear()
+    out = run_grid.run_grid(grid, tmp_path, command="python experiments/run_grid.py --grid=x", runner=runner,
+                            only="recal", echo=lines.append)
+    assert calls == [("recal-s1", "recal", 1)]  # only the failed one runs again
+    assert [r["run"] for r in out] == ["synthetic/recal-s0", "synthetic/recal-s1"]
+    assert (tmp_path / "synthetic" / "command.txt").read_text().count("\n") == 1  # no duplicate line
+
+
+def test_run_grid_dry_run_lists_without_running(tmp_path):
+    lines = []
+
+    def runner(config, workdir):
+        raise AssertionError("a dry run must not run anything")
+
+    (tmp_path / "synthetic" / "recal-s0").mkdir(parents=True)
+    (tmp_path / "synthetic" / "recal-s0" / "summary.json").write_text("{}")
+    out = run_grid.run_grid(_grid(), tmp_path, dry_run=True, runner=runner, echo=lines.append)
+    assert [r["status"] for r in out] == ["todo", "todo", "done", "todo"]
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == ["recal-s0"]
+
+
+def _write_grid_file(path: pathlib.Path, overrides: dict, presets=("recal",), seeds=(0,)) -> pathlib.Path:
+    path.write_text(
+        "import ml_collections\n\n"
+        "def get_config():\n"
+        "    g = ml_collections.ConfigDict()\n"
+        "    g.base_config = 'launch/configs/synthetic.py'\n"
+        "    g.suites = ('synthetic',)\n"
+        f"    g.presets = {tuple(presets)!r}\n"
+        f"    g.seeds = {tuple(seeds)!r}\n"
+        "    g.route_weights = ()\n"
+        f"    g.overrides = ml_collections.ConfigDict({overrides!r})\n"
+        "    return g\n")
+    return path
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "run_grid.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_dry_run(tmp_path):
+    grid = _write_grid_file(tmp_path / "grid.py", {"grpo": {"steps": 2}}, presets=("grpo", "recal"), seeds=(0, 1))
+    res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}", "--dry_run", "--grid.seeds=(3,)")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:2] == ["[1/2] synthetic/grpo-s3: todo", "[2/2] synthetic/recal-s3: todo"]
+    assert not (tmp_path / "res").exists()
+
+
+TINY = {"sft": {"steps": 2, "batch_size": 16}, "grpo": {"steps": 1, "instances_per_step": 4, "group_size": 4},
+        "synthetic": {"n_train_per_family": 8, "n_test_per_family": 2}, "eval": {"batch_size": 16, "every": 0}}
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_grid_then_report(tmp_path):
+    grid = _write_grid_file(tmp_path / "grid.py", TINY)
+    res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = tmp_path / "res" / "synthetic" / "recal-s0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["preset"] == "recal" and summary["grpo_steps"] == 1
+    assert "finished in" in res.stdout
+    assert "--grid=" in (tmp_path / "res" / "synthetic" / "command.txt").read_text()
+    res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}")
+    assert "skipped (summary.json exists)" in res.stdout
+    text = report.write_report(tmp_path / "res").read_text()
+    assert "| recal | " in text and "| after SFT (no RL) |" in text
+
+
+# ---------------------------------------------------------------- aggregation and the report
+
+
+def test_mean_ci95_against_hand_computation():
+    x = [0.5, 0.6, 0.8]
+    mean = sum(x) / 3
+    s = math.sqrt(sum((v - mean) ** 2 for v in x) / 2)
+    got_mean, got_half = grid_stats.mean_ci95(x)
+    assert got_mean == pytest.approx(mean, abs=1e-12)
+    assert got_half == pytest.approx(stats.t.ppf(0.975, 2) * s / math.sqrt(3), abs=1e-12)
+    assert grid_stats.mean_ci95([0.4]) == (0.4, None)
+    with pytest.raises(ValueError):
+        grid_stats.mean_ci95([])
+    with pytest.raises(ValueError):
+        grid_stats.mean_ci95([0.1, float("nan")])
+    steps, values = grid_stats.mean_curve([{0: 1.0, 1: 2.0}, {0: 3.0, 2: 5.0}])
+    assert steps == [0, 1, 2] and values == [2.0, 2.0, 5.0]
+
+
+def _router(acc, per, cost, name=None):
+    out = {"accuracy": acc, "per_dataset": per, "cost_per_query": cost, "cost_total": cost * 10, "route_share": {}}
+    if name:
+        out["name"] = name
+    return out
+
+
+def _write_run(root, suite, name, acc, per, cost, stability, sft_acc, train_answers, ref_shift=0.0):
+    d = root / suite / name
+    d.mkdir(parents=True)
+    refs = {"random": _router(0.3 + ref_shift, {"a": 0.2, "b": 0.4}, 0.02, "random"),
+            "best_single": _router(0.6, {"a": 0.5, "b": 0.7}, 0.05, "best_single (m2)"),
+            "oracle": _router(0.9, {"a": 0.9, "b": 0.9}, 0.03, "oracle"),
+            "cheapest_correct": _router(0.9, {"a": 0.9, "b": 0.9}, 0.01, "cheapest_correct"),
+            "single:m1": _router(0.2, {"a": 0.1, "b": 0.3}, 0.001, "single:m1"),
+            "single:m2": _router(0.6, {"a": 0.5, "b": 0.7}, 0.05, "single:m2")}
+    summary = {"policy": {**_router(acc, per, cost), "format_valid": 1.0},
+               "sft_policy": _router(sft_acc, {"a": sft_acc, "b": sft_acc}, 0.0),
+               "references": refs, "stability": stability, "preset": name.split("-")[0], "suite": suite,
+               "grpo_steps": len(train_answers)}
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "config.json").write_text(json.dumps({"sft": {"steps": 7}}))
+    rows = [{"step": 0, "phase": "sft", "loss": 1.0}] + [
+        {"step": i, "phase": "train", "reward/answer": v} for i, v in enumerate(train_answers)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _cells(text, label):
+    rows = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+    assert len(rows) == 1, (label, rows)
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+def test_report_hand_computed_case(tmp_path):
+    stab = lambda std, spikes, col: {"reward_std_last_third": std, "grad_norm_spikes": spikes,  # noqa: E731
+                                     "collapsed": col, "min_format_valid": 0.9}
+    _write_run(tmp_path, "synthetic", "recal-s0", 0.5, {"a": 0.4, "b": 0.6}, 0.010, stab(0.1, 0, False), 0.2,
+               [0.1, 0.3], ref_shift=0.0)
+    _write_run(tmp_path, "synthetic", "recal-s1", 0.6, {"a": 0.5, "b": 0.7}, 0.020, stab(0.2, 1, True), 0.3,
+               [0.3, 0.5], ref_shift=0.1)
+    _write_run(tmp_path, "synthetic", "recal-s2", 0.8, {"a": 0.7, "b": 0.9}, 0.030, stab(0.3, 3, False), 0.4,
+               [0.5, 0.7], ref_shift=0.2)
+    _write_run(tmp_path, "synthetic", "grpo-s0", 0.45, {"a": 0.3, "b": 0.6}, 0.040, stab(0.5, 2, True), 0.1,
+               [0.2, 0.2])
+    (tmp_path / "synthetic" / "command.txt").write_text("python experiments/run_grid.py --grid=G\n")
+    (tmp_path / "synthetic" / "gdpo-s0").mkdir()  # unfinished: no summary.json, ignored
+    (tmp_path / "dcrouter" / "grpo-s0").mkdir(parents=True)  # a suite with no finished runs: omitted
+
+    text = report.write_report(tmp_path).read_text()
+    assert "## synthetic" in text and "## dcrouter" not in text
+    assert "    python experiments/run_grid.py --grid=G" in text
+
+    header = [c.strip() for c in text.splitlines()[[i for i, line in enumerate(text.splitlines())
+                                                       if line.startswith("| router |")][0]].strip("|").split("|")]
+    assert header[:5] == ["router", "accuracy", "95% CI", "a", "b"]
+    col = {name: i for i, name in enumerate(header)}
+
+    recal = _cells(text, "recal")
+    acc = np.array([0.5, 0.6, 0.8])
+    mean = acc.mean()
+    half = stats.t.ppf(0.975, 2) * acc.std(ddof=1) / np.sqrt(3)
+    assert recal[0] == "recal"
+    assert recal[1] == f"{mean:.3f}"
+    assert recal[2] == f"[{mean - half:.3f}, {mean + half:.3f}]"
+    assert recal[col["a"]] == f"{(0.4 + 0.5 + 0.7) / 3:.3f}" and recal[col["b"]] == f"{(0.6 + 0.7 + 0.9) / 3:.3f}"
+    assert float(recal[col["cost/query (USD)"]]) == pytest.approx(0.02)
+    assert recal[col["reward std (last 1/3)"]] == "0.200"
+    assert recal[col["grad-norm spikes"]] == f"{4 / 3:.1f}"
+    assert recal[col["collapsed"]] == "1/3" and recal[col["seeds"]] == "3"
+
+    grpo = _cells(text, "grpo")
+    assert grpo[1] == "0.450" and grpo[2] == "n/a" and grpo[col["collapsed"]] == "1/1"
+    lines = text.splitlines()
+    assert lines.index(f"| {' | '.join(grpo)} |") < lines.index(f"| {' | '.join(recal)} |")  # preset order
+
+    sft = _cells(text, "after SFT (no RL)")
+    assert sft[1] == f"{(0.2 + 0.3 + 0.4 + 0.1) / 4:.3f}" and sft[col["seeds"]] == "4"
+    assert _cells(text, "random")[1] == f"{(0.3 + 0.4 + 0.5 + 0.3) / 4:.3f}"
+    assert _cells(text, "random")[2] == "—"
+    assert _cells(text, "best_single (m2)")[1] == "0.600"
+    for label in ("oracle", "cheapest_correct", "single:m1", "single:m2"):
+        _cells(text, label)
+
+    numbers = json.loads((tmp_path / "summary.json").read_text())["synthetic"]
+    row = next(r for r in numbers["rows"] if r["label"] == "recal")
+    assert row["accuracy"] == pytest.approx(mean) and row["ci95_half"] == pytest.approx(half)
+    assert row["seeds"] == [0, 1, 2] and numbers["grpo_steps"] == [2] and numbers["sft_steps"] == [7]
+    for plot in numbers["plots"].values():
+        assert (tmp_path / plot).stat().st_size > 0
+    assert "pareto" not in numbers["plots"]
+
+
+def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):
+    stab = {"reward_std_last_third": 0.1, "grad_norm_spikes": 0, "collapsed": False, "min_format_valid": 1.0}
+    for w, acc, cost in [(0.0, 0.7, 0.05), (0.5, 0.6, 0.02), (1.0, 0.5, 0.01)]:
+        for seed in (0, 1):
+            _write_run(tmp_path, "dcrouter", grid_layout.run_name("recal", seed, w), acc + 0.01 * seed,
+                       {"a": acc, "b": acc}, cost, stab, 0.2, [0.1])
+    text = report.write_report(tmp_path).read_text()
+    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| recal")]
+    assert labels == ["recal rw=0", "recal rw=0.5", "recal rw=1"]
+    assert _cells(text, "recal rw=0.5")[1] == f"{0.605:.3f}"
+    numbers = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]
+    assert (tmp_path / numbers["plots"]["pareto"]).stat().st_size > 0
