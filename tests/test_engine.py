@@ -18,7 +18,7 @@ from recal_jax.rollout.sampler import SampleOutput
 from recal_jax.routing.pools import Pool, PoolReply
 
 MODELS = {"small": ModelInfo("small", 0.1, 0.2), "large": ModelInfo("large", 1.0, 2.0)}
-OPEN, CLOSE = "\n\n<information>", "</information>\n\n"
+OPEN, CLOSE = "\n\n<information> ", " </information>\n\n"  # written out: a change must be deliberate
 CORPUS = [
     "<think>s0 plan the route</think>\n<search>small : capital of France?</search>",
     "<think>I know it</think>\n<answer>Paris</answer> user: Q0 what? assistant: ",

@@ -24,6 +24,7 @@ def get_config():
     c.model.dtype = "bfloat16"
     c.prompt_style = "full"
     c.reward.answer_metric = "em"
+    c.sft.query_style = "question"
     c.sft.steps = 0  # an instruction-tuned policy follows the protocol from the prompt
     c.grpo.instances_per_step = 32
     c.grpo.group_size = 8

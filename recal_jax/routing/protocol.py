@@ -43,7 +43,9 @@ TAG_NAMES = ("think", "search", "information", "answer")
 _TAG_RE = re.compile(r"<(/?)(think|search|information|answer)>")
 _INFO_END_TAG = "</information>"
 # What the rollout engine inserts around a routed model's reply.
-INFO_OPEN, INFO_CLOSE = "\n\n<information>", "</information>\n\n"
+# The spaces around the reply make every word of it start with a space, as the words of the
+# policy's own <answer> do, so copying an answer out of a reply copies the same tokens.
+INFO_OPEN, INFO_CLOSE = "\n\n<information> ", " </information>\n\n"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ class GRPOIteration:
     updates_per_batch: int = 1
     recompute_old_logprobs: bool = True
     temperature: float = 1.0
+    length_bucket: int = 32
 
     def __call__(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
         t0 = time.perf_counter()
@@ -63,19 +64,23 @@ class GRPOIteration:
         return state, metrics
 
     def train_batch(self, state: TrainState, rollout: RolloutBatch, advantages_b: np.ndarray) -> dict:
+        # Rollouts are right-padded to the engine's budget; train on the used prefix only,
+        # rounded up to a multiple of `length_bucket` so that few shapes get compiled.
+        used = int(rollout.attention_mask_bt.sum(1).max())
+        t = min(-(-used // self.length_bucket) * self.length_bucket, rollout.tokens_bt.shape[1])
         batch = {
-            "tokens_bt": rollout.tokens_bt,
-            "attention_mask_bt": rollout.attention_mask_bt,
-            "loss_mask_bt": rollout.loss_mask_bt,
-            "logp_old_bt": rollout.logp_old_bt,
+            "tokens_bt": rollout.tokens_bt[:, :t],
+            "attention_mask_bt": rollout.attention_mask_bt[:, :t],
+            "loss_mask_bt": rollout.loss_mask_bt[:, :t],
+            "logp_old_bt": rollout.logp_old_bt[:, :t],
             "advantages_b": advantages_b.astype(np.float32),
         }
         if self.recompute_old_logprobs:
             # the training forward pass scores the behaviour tokens, so that with one update
             # per batch the ratio is exactly 1 (the sampler's decode path rounds differently)
-            logp, _ = self.logprobs_fn(state.params, jnp.asarray(rollout.tokens_bt),
-                                       jnp.asarray(rollout.attention_mask_bt))
-            batch["logp_old_bt"] = np.asarray(logp) * rollout.loss_mask_bt
+            logp, _ = self.logprobs_fn(state.params, jnp.asarray(batch["tokens_bt"]),
+                                       jnp.asarray(batch["attention_mask_bt"]))
+            batch["logp_old_bt"] = np.asarray(logp) * batch["loss_mask_bt"]
         return batch
 
 

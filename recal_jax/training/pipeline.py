@@ -136,7 +136,7 @@ def _demonstrations(run: Run):
     reply = lambda model, query, record: call_many_sync(pool, [(model, query, record)])[0].text  # noqa: E731
     return build_demonstrations(
         run.suite.train, run.tokenizer.encode, runner.prompt_ids, reply, runner.engine.information_ids,
-        rule=c.sft.routing, best_prob=c.sft.best_prob, seed=c.seed,
+        rule=c.sft.routing, best_prob=c.sft.best_prob, query_style=c.sft.query_style, seed=c.seed,
     )
 
 
@@ -180,8 +180,9 @@ def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
         if c.sft.steps > 0:
             demos = _demonstrations(run)
             sft_step = make_sft_step(state.graphdef, sft_opt, run.mesh)
+            demo_len = _round_up(max(len(d.token_ids) for d in demos), 16)
             state = run_sft(state, sft_step, demos, steps=c.sft.steps, batch_size=c.sft.batch_size,
-                            seq_len=run.seq_len, pad_id=run.tokenizer.pad_id, seed=c.seed,
+                            seq_len=min(demo_len, run.seq_len), pad_id=run.tokenizer.pad_id, seed=c.seed,
                             log_fn=lambda s, m: rd.log(s, m, phase="sft"), progress=progress)
         summary["timings"]["sft_seconds"] = time.perf_counter() - t0
         state = fresh_grpo_state(state.model())

@@ -20,8 +20,12 @@ from recal_jax.data.schema import RoutingLog, RoutingRecord
 ROUTING_RULES = ("random", "dataset_best", "mixed")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _LEAD_IN = re.compile(r"^(the answer is|final answer:|answer:|result:|it is|i believe)\s*", re.I)
+QUERY_STYLES = ("question", "fixed")
+# With query style "fixed" the demonstrations route with this query instead of a copy of the
+# question: for replay and simulated pools the query does not change the reply, and a tiny
+# policy then need not learn to copy a whole question before it can learn to route.
+FIXED_QUERY = "the question"
 FIRST_THOUGHT = "<think> pick a model </think>"
-FINAL_THOUGHT = "<think> use the reply </think>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,15 +83,17 @@ def choose_models(log: RoutingLog, rule: str, rng: np.random.Generator, best_pro
 def completion_segments(
     record: RoutingRecord, model: str, reply: str, protocol: str,
     encode: Callable[[str], list[int]], information_ids: Callable[[str], list[int]],
-    extract_answer: Callable[[str], str],
+    extract_answer: Callable[[str], str], query: str,
 ) -> list[tuple[list[int], int]]:
     """The completion as (token ids, written_by_policy) segments."""
     if protocol == "single_call":
         return [(encode(f"{FIRST_THOUGHT}\n<search> {model} </search>"), 1)]
     return [
-        (encode(f"{FIRST_THOUGHT}\n<search> {model} : {record.question} </search>"), 1),
+        (encode(f"{FIRST_THOUGHT}\n<search> {model} : {query} </search>"), 1),
         (information_ids(reply), 0),
-        (encode(f"{FINAL_THOUGHT}\n<answer> {extract_answer(reply)} </answer>"), 1),
+        # The answer follows the information block directly (a <think> there is allowed, not
+        # required): the copy a tiny policy has to learn is then three tokens away.
+        (encode(f"<answer> {extract_answer(reply)} </answer>"), 1),
     ]
 
 
@@ -101,6 +107,7 @@ def build_demonstrations(
     *,
     rule: str = "mixed",
     best_prob: float = 0.5,
+    query_style: str = "question",
     seed: int = 0,
 ) -> list[Demonstration]:
     """Demonstrations for every record of `log`.
@@ -109,15 +116,18 @@ def build_demonstrations(
     reply_fn: (model, query, record) -> the pool's reply text; information_ids: reply ->
     the ids of the whole <information> block exactly as the rollout engine inserts it.
     """
+    if query_style not in QUERY_STYLES:
+        raise ValueError(f"unknown SFT query style {query_style!r}; expected one of {QUERY_STYLES}")
     rng = np.random.default_rng(seed)
     models = choose_models(log, rule, rng, best_prob)
     demos = []
     for record, model in zip(log.records, models):
-        reply = reply_fn(model, record.question, record)
+        query = record.question if query_style == "question" else FIXED_QUERY
+        reply = reply_fn(model, query, record)
         ids = list(prompt_ids(record))
         mask = [0] * len(ids)
         for seg, by_policy in completion_segments(
-            record, model, reply, log.protocol, encode, information_ids, extract_answer
+            record, model, reply, log.protocol, encode, information_ids, extract_answer, query
         ):
             seg = list(seg)
             ids += seg
