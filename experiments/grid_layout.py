@@ -1,4 +1,8 @@
-"""Where a grid run lives: `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/`, and when it is done."""
+"""Where a grid run lives: `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/`, and when it is done.
+
+The shared SFT warm start of (suite, seed) lives in `<results_dir>/<suite>/_sft-s<seed>/`; it is
+done when its exported policy (`export/config.json`) exists. Directories whose name starts with
+`_` are grid helpers, never preset runs."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import re
 _RUN_NAME = re.compile(r"^(?P<preset>[A-Za-z0-9_]+?)(?:-rw(?P<rw>[0-9.]+(?:e[+-]?[0-9]+)?))?-s(?P<seed>[0-9]+)$")
 SUMMARY = "summary.json"
 COMMAND = "command.txt"
+EXPORT = "export"
+SFT_PREFIX = "_sft"
 
 
 def format_weight(weight: float) -> str:
@@ -28,8 +34,22 @@ def run_name(preset: str, seed: int, route_weight: float | None = None) -> str:
     return f"{preset}{rw}-s{seed}"
 
 
+def sft_run_name(seed: int) -> str:
+    """Directory name of the shared SFT job of one seed: '_sft-s<seed>'."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    return f"{SFT_PREFIX}-s{seed}"
+
+
+def is_helper_dir(name: str) -> bool:
+    """True for grid helper directories (the shared SFT jobs): their name starts with '_'."""
+    return name.startswith("_")
+
+
 def parse_run_name(name: str) -> tuple[str, float | None, int]:
     """Inverse of `run_name`: (preset, route_weight or None, seed)."""
+    if is_helper_dir(name):
+        raise ValueError(f"{name!r} is a grid helper directory (leading '_'), not a run")
     m = _RUN_NAME.match(name)
     if m is None:
         raise ValueError(f"{name!r} is not a run directory name <preset>[-rw<w>]-s<seed>")
@@ -49,3 +69,13 @@ def is_done(path) -> bool:
 def has_checkpoint(path) -> bool:
     ckpt = pathlib.Path(path) / "checkpoints"
     return ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+
+def export_path(path) -> pathlib.Path:
+    """Where train_and_evaluate writes a run's final policy (HF layout) and its tokenizer."""
+    return pathlib.Path(path) / EXPORT
+
+
+def is_exported(path) -> bool:
+    """An SFT job is finished when its exported policy exists (the pipeline exports last)."""
+    return (export_path(path) / "config.json").is_file()

@@ -1,7 +1,8 @@
 """One grid run in its own process: `python experiments/grid_worker.py --run_config=F --workdir=D`.
 
 F is the resolved run config as JSON (run_grid.py writes it). Exit code 0 when the run
-returned (with or without a summary: grpo.stop_at_step ends a run early on purpose)."""
+returned (with or without a summary: grpo.stop_at_step ends a run early on purpose). A shared
+SFT job is the same call with grpo.steps=0; its product is the policy exported to D/export/."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def main() -> None:
               f"{summary['timings'].get('total_seconds', 0.0):.0f} s", flush=True)
     else:
         print(f"stopped at GRPO step {summary.get('stopped_at_step')}", flush=True)
+    if "policy" in summary and int(config.grpo.steps) == 0:
+        print(f"exported to {pathlib.Path(args.workdir) / 'export'}", flush=True)
 
 
 if __name__ == "__main__":

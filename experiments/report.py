@@ -4,7 +4,9 @@
 
 Per suite: a table with one row per preset (and route weight): mean test accuracy over seeds,
 its 95% t-interval, per-dataset accuracy, cost per query and the stability figures; then the
-policy after SFT (mean over all the suite's runs) and the reference routers.
+policy after SFT (mean over all the suite's runs: each run's `sft_policy`; with a shared SFT
+job per seed that is the same start evaluated once per run) and the reference routers.
+Directories whose name starts with `_` (the grid's shared SFT jobs) are not read.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ if str(EXPERIMENTS) not in sys.path:
 
 import grid_stats  # noqa: E402
 import report_plots  # noqa: E402
-from grid_layout import COMMAND, SUMMARY, parse_run_name  # noqa: E402
+from grid_layout import COMMAND, SUMMARY, is_helper_dir, parse_run_name  # noqa: E402
 
 PRESET_ORDER = ("grpo", "dr_grpo", "router_r1", "gdpo", "recal", "recal_no_decomp",
                 "recal_no_dataset_norm", "recal_no_reweight", "recal_no_gate")
@@ -57,8 +59,8 @@ def load_runs(results_dir) -> dict[str, list[RunResult]]:
     suites: dict[str, list[RunResult]] = {}
     for suite_dir in sorted(p for p in results_dir.iterdir() if p.is_dir()):
         for run_dir in sorted(p for p in suite_dir.iterdir() if p.is_dir()):
-            if not (run_dir / SUMMARY).is_file():
-                continue
+            if is_helper_dir(run_dir.name) or not (run_dir / SUMMARY).is_file():
+                continue  # '_'-directories (the shared SFT jobs) are no preset rows
             try:
                 preset, rw, seed = parse_run_name(run_dir.name)
             except ValueError:

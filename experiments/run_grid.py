@@ -8,6 +8,13 @@ Each run goes to `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/` and runs in i
 subprocess (experiments/grid_worker.py), so a crash or a memory blow-up ends that run only;
 the grid logs it and goes on. A run whose summary.json exists is skipped; a run with a
 checkpoint resumes from it. The command line is appended to `<results_dir>/<suite>/command.txt`.
+
+With `grid.share_sft` (default True) the SFT warm start, which does not depend on the
+calibration preset, runs once per (suite, seed) as the job `<suite>/_sft-s<seed>` (the base
+config with grpo.steps=0, eval.after_sft=False; skipped when its export/config.json exists),
+before the suite's preset runs; every preset run of that (suite, seed) then starts from its
+export (model.pretrained_path=<that>/export, sft.steps=0) and still evaluates that start
+(summary `sft_policy`). A preset run whose SFT job has no export is not started (failed).
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ for _p in (str(ROOT), str(EXPERIMENTS)):
 
 import ml_collections  # noqa: E402
 
-from grid_layout import COMMAND, SUMMARY, has_checkpoint, is_done, run_name  # noqa: E402
+from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported,  # noqa: E402
+                         run_name, sft_run_name)
 from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
 from recal_jax.calibration.config import PRESET_NAMES  # noqa: E402
 
@@ -47,10 +55,11 @@ class GridRun:
     preset: str
     seed: int
     route_weight: float | None = None
+    sft_only: bool = False  # the shared SFT warm start of (suite, seed): no preset, no GRPO
 
     @property
     def name(self) -> str:
-        return run_name(self.preset, self.seed, self.route_weight)
+        return sft_run_name(self.seed) if self.sft_only else run_name(self.preset, self.seed, self.route_weight)
 
     @property
     def key(self) -> str:
@@ -58,6 +67,23 @@ class GridRun:
 
     def path(self, results_dir) -> pathlib.Path:
         return pathlib.Path(results_dir) / self.suite / self.name
+
+    def is_finished(self, results_dir) -> bool:
+        path = self.path(results_dir)
+        return is_exported(path) if self.sft_only else is_done(path)
+
+
+def sft_job(suite: str, seed: int) -> GridRun:
+    """The shared SFT job of (suite, seed)."""
+    return GridRun(str(suite), "", int(seed), None, sft_only=True)
+
+
+def share_sft(grid) -> bool:
+    """grid.share_sft (default True): one SFT job per (suite, seed), shared by every preset run."""
+    value = grid.get("share_sft", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"grid.share_sft must be a bool, got {value!r}")
+    return value
 
 
 def _tuple(value, what: str) -> tuple:
@@ -70,7 +96,8 @@ def _tuple(value, what: str) -> tuple:
 
 
 def expand_grid(grid) -> list[GridRun]:
-    """All runs of a grid config, in order suite -> preset -> route weight -> seed."""
+    """All preset runs of a grid config, in order suite -> preset -> route weight -> seed
+    (the shared SFT jobs are not among them: see `plan_jobs`)."""
     suites = _tuple(grid.suites, "suites")
     presets = _tuple(grid.presets, "presets")
     seeds = _tuple(grid.seeds, "seeds")
@@ -87,6 +114,25 @@ def expand_grid(grid) -> list[GridRun]:
             raise ValueError(f"grid.route_weights must be finite numbers >= 0, got {w!r}")
     return [GridRun(str(suite), str(preset), int(seed), None if w is None else float(w))
             for suite in suites for preset in presets for w in weights for seed in seeds]
+
+
+def plan_jobs(grid, results_dir, only: str = "") -> list[GridRun]:
+    """The jobs run_grid runs (or lists), in order: per suite, its SFT jobs (by seed) when
+    share_sft, then its preset runs whose 'suite/name' contains `only`. An SFT job is planned
+    when a planned preset run of its (suite, seed) is unfinished, or when `only` selects no
+    preset run but names the SFT job (e.g. --only=_sft: the warm starts alone)."""
+    runs = [r for r in expand_grid(grid) if only in r.key]
+    if not share_sft(grid):
+        return runs
+    needed = {(r.suite, r.seed) for r in runs if not r.is_finished(results_dir)}
+    jobs = []
+    for suite in dict.fromkeys(str(s) for s in _tuple(grid.suites, "suites")):
+        for seed in dict.fromkeys(int(s) for s in _tuple(grid.seeds, "seeds")):
+            job = sft_job(suite, seed)
+            if (suite, seed) in needed or (not runs and only in job.key):
+                jobs.append(job)
+        jobs += [r for r in runs if r.suite == suite]
+    return jobs
 
 
 def load_config_file(path) -> ml_collections.ConfigDict:
@@ -139,17 +185,44 @@ def route_weight_override(preset: str, weight: float) -> str:
     return "weights=" + json.dumps(weights, separators=(",", ":"))
 
 
-def build_run_config(grid, run: GridRun) -> ml_collections.ConfigDict:
+def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.ConfigDict:
+    """The resolved config of one job. With share_sft, `results_dir` is required: a preset run
+    starts from the export of `<results_dir>/<suite>/_sft-s<seed>/` (absolute path)."""
     config = load_config_file(grid.base_config)
     apply_overrides(config, grid.get("overrides", None) or {})
     config.suite = run.suite
     config.seed = run.seed
+    if run.sft_only:
+        apply_overrides(config, {"grpo.steps": 0, "eval.after_sft": False})
+        return config
+    if share_sft(grid):
+        if results_dir is None:
+            raise ValueError("build_run_config: grid.share_sft needs results_dir (where the SFT jobs live)")
+        start = export_path(sft_job(run.suite, run.seed).path(pathlib.Path(results_dir).resolve()))
+        apply_overrides(config, {"model.pretrained_path": str(start), "sft.steps": 0})
     config.calibration.preset = run.preset
     if run.route_weight is not None:
         extra = route_weight_override(run.preset, run.route_weight)
         current = config.calibration.overrides.strip()
         config.calibration.overrides = f"{current},{extra}" if current else extra
     return config
+
+
+def check_sft_record(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+    """An SFT job directory is shared by grids (dcrouter and dcrouter_cost): refuse to reuse one
+    whose recorded config differs from `config` (the calibration section is ignored: SFT does
+    not read it). Raises ValueError naming the differing keys."""
+    recorded_path = path / RUN_CONFIG
+    if not recorded_path.is_file():
+        return
+    recorded = flatten_overrides(json.loads(recorded_path.read_text()))
+    current = flatten_overrides(json.loads(config.to_json()))
+    diff = sorted(k for k in set(recorded) | set(current)
+                  if not k.startswith("calibration.") and recorded.get(k) != current.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in diff[:5])
+        raise ValueError(f"shared SFT job {path} was made with another config ({shown}); "
+                         "delete that directory or use another --results_dir")
 
 
 def subprocess_runner(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
@@ -172,35 +245,44 @@ def _record_command(suite_dir: pathlib.Path, command: str) -> None:
             f.write(command + "\n")
 
 
-def run_status(path: pathlib.Path) -> str:
-    if is_done(path):
+def run_status(run: GridRun, results_dir) -> str:
+    if run.is_finished(results_dir):
         return "done"
-    return "resume" if has_checkpoint(path) else "todo"
+    return "resume" if has_checkpoint(run.path(results_dir)) else "todo"
 
 
 def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, command: str = "",
              runner: Callable[[ml_collections.ConfigDict, pathlib.Path], int] = subprocess_runner,
              echo: Callable[[str], None] = print) -> list[dict]:
-    """Runs (or, with dry_run, lists) the grid's runs whose 'suite/name' contains `only`.
+    """Runs (or, with dry_run, lists) the jobs of `plan_jobs(grid, results_dir, only)`.
 
-    Returns one record per selected run: {"run", "path", "status"} with status one of
+    Returns one record per job: {"run", "path", "status"} with status one of
     done (already there), finished, stopped (no summary yet, e.g. grpo.stop_at_step), failed,
     and for a dry run: done / resume / todo."""
-    runs = [r for r in expand_grid(grid) if only in r.key]
-    configs = {r: build_run_config(grid, r) for r in runs}  # bad overrides fail before any run starts
     results_dir = pathlib.Path(results_dir)
+    runs = plan_jobs(grid, results_dir, only)
+    configs = {r: build_run_config(grid, r, results_dir) for r in runs}  # bad overrides fail before any run
+    for r in runs:
+        if r.sft_only:
+            check_sft_record(configs[r], r.path(results_dir))
+    shared = share_sft(grid)
     out = []
     for i, run in enumerate(runs, 1):
         path = run.path(results_dir)
-        head = f"[{i}/{len(runs)}] {run.key}"
+        head = f"[{i}/{len(runs)}] {run.key}" + (" (shared SFT warm start)" if run.sft_only else "")
         if dry_run:
-            status = run_status(path)
+            status = run_status(run, results_dir)
             echo(f"{head}: {status}")
             out.append({"run": run.key, "path": str(path), "status": status})
             continue
-        if is_done(path):
-            echo(f"{head}: skipped (summary.json exists)")
+        if run.is_finished(results_dir):
+            echo(f"{head}: skipped ({'export/config.json' if run.sft_only else SUMMARY} exists)")
             out.append({"run": run.key, "path": str(path), "status": "done"})
+            continue
+        start = sft_job(run.suite, run.seed)
+        if shared and not run.sft_only and not start.is_finished(results_dir):
+            echo(f"{head}: FAILED, not started (its SFT job {start.key} has no export)")
+            out.append({"run": run.key, "path": str(path), "status": "failed", "seconds": 0.0})
             continue
         path.mkdir(parents=True, exist_ok=True)
         if command:
@@ -213,7 +295,13 @@ def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, comman
         except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
             rc, err = -1, f"{type(e).__name__}: {e}"
         wall = time.perf_counter() - t0
-        if rc == 0 and is_done(path):
+        if rc == 0 and run.sft_only and is_exported(path):
+            echo(f"{head}: finished in {wall:.0f} s, exported to {export_path(path)}")
+            status = "finished"
+        elif rc == 0 and run.sft_only:
+            echo(f"{head}: FAILED after {wall:.0f} s (exited without export/, log: {path / RUN_LOG})")
+            status = "failed"
+        elif rc == 0 and is_done(path):
             acc = json.loads((path / SUMMARY).read_text()).get("policy", {}).get("accuracy")
             acc_text = f", test accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
             echo(f"{head}: finished in {wall:.0f} s{acc_text}")

@@ -34,7 +34,8 @@ def test_run_names_round_trip():
     for args in [("grpo", 3, None), ("recal_no_dataset_norm", 11, 0.5), ("gdpo", 0, 1e-5)]:
         preset, seed, rw = args
         assert grid_layout.parse_run_name(grid_layout.run_name(*args)) == (preset, rw, seed)
-    for bad in ["grpo", "grpo-sx", "grpo-rw-s1", "-s1", "recal-rw0.5"]:
+    assert grid_layout.sft_run_name(4) == "_sft-s4"
+    for bad in ["grpo", "grpo-sx", "grpo-rw-s1", "-s1", "recal-rw0.5", "_sft-s0"]:
         with pytest.raises(ValueError):
             grid_layout.parse_run_name(bad)
     with pytest.raises(ValueError, match="route weight"):
@@ -43,13 +44,15 @@ def test_run_names_round_trip():
         grid_layout.run_name("grpo", -1)
 
 
-def _grid(presets=("grpo", "recal"), seeds=(0, 1), route_weights=(), overrides=None):
+def _grid(presets=("grpo", "recal"), seeds=(0, 1), route_weights=(), overrides=None, share_sft=False,
+          suites=("synthetic",)):
     g = ml_collections.ConfigDict()
     g.base_config = "launch/configs/synthetic.py"
-    g.suites = ("synthetic",)
+    g.suites = suites
     g.presets = presets
     g.seeds = seeds
     g.route_weights = route_weights
+    g.share_sft = share_sft
     g.overrides = ml_collections.ConfigDict(overrides or {"grpo": {"steps": 3}, "sft": {"steps": 2}})
     return g
 
@@ -67,14 +70,29 @@ def test_expand_grid_order_and_paths(tmp_path):
         run_grid.expand_grid(_grid(seeds=(0, -1)))
 
 
-def test_grid_configs_expand_to_the_planned_sizes():
+def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
         assert len(runs) == size, name
-        config = run_grid.build_run_config(grid, runs[-1])
+        assert run_grid.share_sft(grid), name
+        jobs = run_grid.plan_jobs(grid, tmp_path)
+        assert [j.name for j in jobs[:3]] == ["_sft-s0", "_sft-s1", "_sft-s2"] and jobs[3:] == runs, name
+        config = run_grid.build_run_config(grid, runs[-1], tmp_path)
         assert config.calibration.preset == runs[-1].preset
+        assert config.model.pretrained_path == str(tmp_path.resolve() / config.suite / f"_sft-s{runs[-1].seed}"
+                                                   / "export")
+        assert config.sft.steps == 0 and config.eval.after_sft
+        sft = run_grid.build_run_config(grid, jobs[0], tmp_path)
+        assert sft.sft.steps > 0 and sft.grpo.steps == 0 and not sft.eval.after_sft
+        if name == "synthetic":  # lookup has 100 distinct questions, commonsense 60
+            assert sft.synthetic.n_test_per_family < 60
+    with pytest.raises(ValueError, match="results_dir"):
+        run_grid.build_run_config(grid, runs[0])
+    assert run_grid.share_sft(ml_collections.ConfigDict({"suites": ("synthetic",)}))  # default: shared
+    with pytest.raises(ValueError, match="share_sft"):
+        run_grid.plan_jobs(_grid(share_sft="yes"), tmp_path)
 
 
 def test_build_run_config_applies_overrides_preset_seed_and_route_weight():
@@ -153,7 +171,87 @@ def test_run_grid_dry_run_lists_without_running(tmp_path):
     assert sorted(p.name for p in (tmp_path / "synthetic").iterdir()) == ["recal-s0"]
 
 
-def _write_grid_file(path: pathlib.Path, overrides: dict, presets=("recal",), seeds=(0,)) -> pathlib.Path:
+def test_share_sft_plan_order_and_only(tmp_path):
+    grid = _grid(presets=("grpo", "recal"), seeds=(0, 1), share_sft=True, suites=("synthetic", "dcrouter"))
+    keys = [j.key for j in run_grid.plan_jobs(grid, tmp_path)]
+    assert keys == ["synthetic/_sft-s0", "synthetic/_sft-s1", "synthetic/grpo-s0", "synthetic/grpo-s1",
+                    "synthetic/recal-s0", "synthetic/recal-s1",
+                    "dcrouter/_sft-s0", "dcrouter/_sft-s1", "dcrouter/grpo-s0", "dcrouter/grpo-s1",
+                    "dcrouter/recal-s0", "dcrouter/recal-s1"]
+    assert [j.key for j in run_grid.plan_jobs(grid, tmp_path, only="synthetic/recal-s1")] == [
+        "synthetic/_sft-s1", "synthetic/recal-s1"]
+    assert [j.key for j in run_grid.plan_jobs(grid, tmp_path, only="dcrouter/_sft")] == [
+        "dcrouter/_sft-s0", "dcrouter/_sft-s1"]
+    for seed in (0, 1):  # every seed-1 synthetic run finished: its SFT job is not needed any more
+        for preset in ("grpo", "recal"):
+            d = tmp_path / "synthetic" / f"{preset}-s{seed}"
+            d.mkdir(parents=True)
+            if seed == 1:
+                (d / "summary.json").write_text("{}")
+    keys = [j.key for j in run_grid.plan_jobs(grid, tmp_path, only="synthetic")]
+    assert keys == ["synthetic/_sft-s0", "synthetic/grpo-s0", "synthetic/grpo-s1", "synthetic/recal-s0",
+                    "synthetic/recal-s1"]
+
+
+def test_run_grid_share_sft_runs_one_sft_job_per_seed_first(tmp_path):
+    grid = _grid(presets=("grpo", "recal"), seeds=(0, 1), share_sft=True,
+                 overrides={"grpo": {"steps": 3}, "sft": {"steps": 2}})
+    calls, lines = [], []
+
+    def runner(config, workdir):
+        calls.append(workdir.name)
+        if workdir.name.startswith("_sft"):
+            assert (config.grpo.steps, config.sft.steps, config.eval.after_sft) == (0, 2, False)
+            assert config.model.pretrained_path == ""
+            if workdir.name == "_sft-s1":
+                raise RuntimeError("sft boom")
+            (workdir / "export").mkdir()
+            (workdir / "export" / "config.json").write_text("{}")
+            return 0
+        start = pathlib.Path(config.model.pretrained_path)
+        assert start == (tmp_path / "synthetic" / f"_sft-s{config.seed}" / "export").resolve()
+        assert (start / "config.json").is_file()  # the SFT job ran before
+        assert (config.sft.steps, config.grpo.steps, config.eval.after_sft) == (0, 3, True)
+        (workdir / "summary.json").write_text(json.dumps(_fake_summary(0.5)))
+        return 0
+
+    out = run_grid.run_grid(grid, tmp_path, runner=runner, echo=lines.append)
+    assert calls == ["_sft-s0", "_sft-s1", "grpo-s0", "recal-s0"]  # seed 1 has no start: not run
+    assert [(r["run"], r["status"]) for r in out] == [
+        ("synthetic/_sft-s0", "finished"), ("synthetic/_sft-s1", "failed"), ("synthetic/grpo-s0", "finished"),
+        ("synthetic/grpo-s1", "failed"), ("synthetic/recal-s0", "finished"), ("synthetic/recal-s1", "failed")]
+    assert lines[0].startswith("[1/6] synthetic/_sft-s0") and "exported to" in lines[0]
+    assert "sft boom" in lines[1] and "_sft-s1 has no export" in lines[3]
+
+    calls.clear()
+    lines.clear()
+    out = run_grid.run_grid(grid, tmp_path, runner=runner, echo=lines.append)
+    assert calls == ["_sft-s1"]  # _sft-s0 is no longer needed (not even listed); seed 1 still has no start
+    assert [(r["run"], r["status"]) for r in out] == [
+        ("synthetic/_sft-s1", "failed"), ("synthetic/grpo-s0", "done"), ("synthetic/grpo-s1", "failed"),
+        ("synthetic/recal-s0", "done"), ("synthetic/recal-s1", "failed")]
+
+    lines.clear()
+    (tmp_path / "synthetic" / "grpo-s0" / "summary.json").unlink()
+    run_grid.run_grid(grid, tmp_path, dry_run=True, runner=runner, echo=lines.append)
+    assert lines[:2] == ["[1/6] synthetic/_sft-s0 (shared SFT warm start): done",
+                         "[2/6] synthetic/_sft-s1 (shared SFT warm start): todo"]
+
+    # a shared SFT job made with another config is refused before anything runs
+    (tmp_path / "synthetic" / "_sft-s0" / run_grid.RUN_CONFIG).write_text(
+        run_grid.build_run_config(_grid(share_sft=True, overrides={"sft": {"steps": 9}}),
+                                  run_grid.sft_job("synthetic", 0)).to_json())
+    calls.clear()
+    with pytest.raises(ValueError, match="sft.steps: 9 there, 2 now"):
+        run_grid.run_grid(grid, tmp_path, runner=runner, echo=lines.append)
+    assert calls == []
+    run_grid.check_sft_record(  # the calibration section is not SFT's business
+        run_grid.build_run_config(_grid(share_sft=True, overrides={"sft": {"steps": 9},
+                                                                   "calibration": {"tau": 2.0}}),
+                                  run_grid.sft_job("synthetic", 0)), tmp_path / "synthetic" / "_sft-s0")
+
+
+def _write_grid_file(path: pathlib.Path, overrides: dict, presets=("recal",), seeds=(0,), share_sft=None):
     path.write_text(
         "import ml_collections\n\n"
         "def get_config():\n"
@@ -163,6 +261,7 @@ def _write_grid_file(path: pathlib.Path, overrides: dict, presets=("recal",), se
         f"    g.presets = {tuple(presets)!r}\n"
         f"    g.seeds = {tuple(seeds)!r}\n"
         "    g.route_weights = ()\n"
+        + ("" if share_sft is None else f"    g.share_sft = {share_sft!r}\n") +
         f"    g.overrides = ml_collections.ConfigDict({overrides!r})\n"
         "    return g\n")
     return path
@@ -177,6 +276,13 @@ def _cli(*args, timeout=600):
 def test_cli_dry_run(tmp_path):
     grid = _write_grid_file(tmp_path / "grid.py", {"grpo": {"steps": 2}}, presets=("grpo", "recal"), seeds=(0, 1))
     res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}", "--dry_run", "--grid.seeds=(3,)")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:3] == ["[1/3] synthetic/_sft-s3 (shared SFT warm start): todo",
+                                          "[2/3] synthetic/grpo-s3: todo", "[3/3] synthetic/recal-s3: todo"]
+    grid = _write_grid_file(tmp_path / "grid2.py", {"grpo": {"steps": 2}}, presets=("grpo", "recal"), seeds=(0, 1),
+                            share_sft=True)
+    res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}", "--dry_run", "--grid.seeds=(3,)",
+               "--grid.share_sft=False")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[:2] == ["[1/2] synthetic/grpo-s3: todo", "[2/2] synthetic/recal-s3: todo"]
     assert not (tmp_path / "res").exists()
@@ -193,7 +299,10 @@ def test_end_to_end_tiny_grid_then_report(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     run = tmp_path / "res" / "synthetic" / "recal-s0"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["preset"] == "recal" and summary["grpo_steps"] == 1
+    assert summary["preset"] == "recal" and summary["grpo_steps"] == 1 and "sft_policy" in summary
+    assert (tmp_path / "res" / "synthetic" / "_sft-s0" / "export" / "config.json").is_file()
+    assert json.loads((run / "config.json").read_text())["model"]["pretrained_path"].endswith("_sft-s0/export")
+    assert "synthetic/_sft-s0 (shared SFT warm start): finished in" in res.stdout
     assert "finished in" in res.stdout
     assert "--grid=" in (tmp_path / "res" / "synthetic" / "command.txt").read_text()
     res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}")
@@ -267,6 +376,8 @@ def test_report_hand_computed_case(tmp_path):
                [0.2, 0.2])
     (tmp_path / "synthetic" / "command.txt").write_text("python experiments/run_grid.py --grid=G\n")
     (tmp_path / "synthetic" / "gdpo-s0").mkdir()  # unfinished: no summary.json, ignored
+    _write_run(tmp_path, "synthetic", "_sft-s0", 0.99, {"a": 0.99, "b": 0.99}, 0.5, stab(0.0, 0, False), 0.99,
+               [], ref_shift=5.0)  # a shared SFT job's directory: no preset row, no part of any mean
     (tmp_path / "dcrouter" / "grpo-s0").mkdir(parents=True)  # a suite with no finished runs: omitted
 
     text = report.write_report(tmp_path).read_text()
@@ -296,6 +407,7 @@ def test_report_hand_computed_case(tmp_path):
     lines = text.splitlines()
     assert lines.index(f"| {' | '.join(grpo)} |") < lines.index(f"| {' | '.join(recal)} |")  # preset order
 
+    assert not [line for line in text.splitlines() if line.startswith("| _sft")]
     sft = _cells(text, "after SFT (no RL)")
     assert sft[1] == f"{(0.2 + 0.3 + 0.4 + 0.1) / 4:.3f}" and sft[col["seeds"]] == "4"
     assert _cells(text, "random")[1] == f"{(0.3 + 0.4 + 0.5 + 0.3) / 4:.3f}"

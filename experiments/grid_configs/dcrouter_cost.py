@@ -4,7 +4,13 @@
 
 Each route weight w sets the `route` entry of the 5 component weights (format, answer, info,
 route, balance) through config.calibration.overrides (`weights=[0.5,1.0,0.25,w,0.1]`); runs
-land next to the dcrouter grid's as `<preset>-rw<w>-s<seed>`. Size block as in dcrouter.py.
+land next to the dcrouter grid's as `<preset>-rw<w>-s<seed>`. Size block as in dcrouter.py
+(300 SFT steps, 60 GRPO steps of 16 x 8 rollouts, the whole test split).
+With share_sft (default True) the SFT warm start runs once per seed (job `_sft-s<seed>`:
+SFT + 1 evaluation) and every preset run starts from its export, so a preset run costs its
+GRPO steps + 2 evaluations (the shared start's and the final policy's).
+The SFT jobs `_sft-s<seed>` are the dcrouter grid's: with the same size block they are
+reused, not rerun (run_grid refuses an SFT job whose recorded config differs).
 """
 
 import ml_collections
@@ -17,10 +23,11 @@ def get_config():
     g.presets = ("grpo", "gdpo", "recal")
     g.seeds = (0, 1, 2)
     g.route_weights = (0.0, 0.25, 0.5, 1.0)
+    g.share_sft = True
     g.overrides = ml_collections.ConfigDict(dict(
         max_test_instances=0,
-        sft=dict(steps=150),
-        grpo=dict(steps=80, instances_per_step=16, group_size=8),
+        sft=dict(steps=300),
+        grpo=dict(steps=60, instances_per_step=16, group_size=8),
         eval=dict(every=0),
     ))
     return g

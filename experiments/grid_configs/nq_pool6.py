@@ -6,6 +6,11 @@ router_r1 keeps the configured route rule (reward.route_rule) and its preset's
 router_r1_alpha, which defaults to 0 (no cost term in Router-R1's scalar reward); set it with
 --grid.overrides.calibration.overrides=router_r1_alpha=0.5 (that applies to every preset's
 calibration, and only router_r1 reads it).
+
+Size block: 500 SFT steps, 40 GRPO steps of 8 x 8 rollouts.
+With share_sft (default True) the SFT warm start runs once per seed (job `_sft-s<seed>`:
+SFT + 1 evaluation) and every preset run starts from its export, so a preset run costs its
+GRPO steps + 2 evaluations (the shared start's and the final policy's).
 """
 
 import ml_collections
@@ -18,10 +23,11 @@ def get_config():
     g.presets = ("grpo", "router_r1", "recal")
     g.seeds = (0, 1, 2)
     g.route_weights = ()
+    g.share_sft = True
     g.overrides = ml_collections.ConfigDict(dict(
         calibration=dict(overrides=""),
-        sft=dict(steps=200),
-        grpo=dict(steps=80, instances_per_step=16, group_size=8),
+        sft=dict(steps=500),
+        grpo=dict(steps=40, instances_per_step=8, group_size=8),
         eval=dict(every=0),
     ))
     return g

@@ -20,12 +20,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.sft = ml_collections.ConfigDict(
-        dict(steps=500, batch_size=32, learning_rate=5e-3, warmup_steps=20, routing="mixed",
-             best_prob=0.5, query_style="fixed")
+        dict(steps=800, batch_size=32, learning_rate=5e-3, warmup_steps=20, routing="mixed",
+             best_prob=0.5, query_style="fixed", reply_swap=0.5,
+             answer_weight=1.0)
     )
     c.grpo = ml_collections.ConfigDict(
         dict(
-            steps=40, instances_per_step=8, group_size=8, updates_per_batch=1, microbatches=1,
+            steps=60, instances_per_step=8, group_size=8, updates_per_batch=1, microbatches=1,
             learning_rate=3e-4, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
             clip_low=0.2, clip_high=0.2, dual_clip=0.0, kl_coef=0.001, kl_kind="k3",
             loss_agg="token-mean", temperature=1.0, top_p=1.0, max_turns=2,

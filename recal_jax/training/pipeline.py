@@ -136,7 +136,8 @@ def _demonstrations(run: Run):
     reply = lambda model, query, record: call_many_sync(pool, [(model, query, record)])[0].text  # noqa: E731
     return build_demonstrations(
         run.suite.train, run.tokenizer.encode, runner.prompt_ids, reply, runner.engine.information_ids,
-        rule=c.sft.routing, best_prob=c.sft.best_prob, query_style=c.sft.query_style, seed=c.seed,
+        rule=c.sft.routing, best_prob=c.sft.best_prob, query_style=c.sft.query_style,
+        reply_swap=c.sft.reply_swap, answer_weight=c.sft.answer_weight, seed=c.seed,
     )
 
 

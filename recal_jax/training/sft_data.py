@@ -30,12 +30,13 @@ FIRST_THOUGHT = "<think> pick a model </think>"
 
 @dataclasses.dataclass(frozen=True)
 class Demonstration:
-    """One tokenised demonstration: ids and the loss mask (1 = written by the policy)."""
+    """One tokenised demonstration: ids and the loss mask (0 = written by the environment,
+    > 0 = written by the policy, the value being the token's loss weight)."""
 
     record_id: str
     model: str
     token_ids: tuple[int, ...]
-    loss_mask: tuple[int, ...]
+    loss_mask: tuple[float, ...]
 
 
 def dataset_best_models(log: RoutingLog) -> dict[str, str]:
@@ -83,9 +84,10 @@ def choose_models(log: RoutingLog, rule: str, rng: np.random.Generator, best_pro
 def completion_segments(
     record: RoutingRecord, model: str, reply: str, protocol: str,
     encode: Callable[[str], list[int]], information_ids: Callable[[str], list[int]],
-    extract_answer: Callable[[str], str], query: str,
-) -> list[tuple[list[int], int]]:
-    """The completion as (token ids, written_by_policy) segments."""
+    extract_answer: Callable[[str], str], query: str, answer_weight: float = 1.0,
+) -> list[tuple[list[int], float]]:
+    """The completion as (token ids, loss weight) segments: 0 for the environment's tokens,
+    1 for the policy's, `answer_weight` for its final answer."""
     if protocol == "single_call":
         return [(encode(f"{FIRST_THOUGHT}\n<search> {model} </search>"), 1)]
     return [
@@ -93,7 +95,7 @@ def completion_segments(
         (information_ids(reply), 0),
         # The answer follows the information block directly (a <think> there is allowed, not
         # required): the copy a tiny policy has to learn is then three tokens away.
-        (encode(f"<answer> {extract_answer(reply)} </answer>"), 1),
+        (encode(f"<answer> {extract_answer(reply)} </answer>"), answer_weight),
     ]
 
 
@@ -108,6 +110,8 @@ def build_demonstrations(
     rule: str = "mixed",
     best_prob: float = 0.5,
     query_style: str = "question",
+    reply_swap: float = 0.0,
+    answer_weight: float = 1.0,
     seed: int = 0,
 ) -> list[Demonstration]:
     """Demonstrations for every record of `log`.
@@ -115,6 +119,12 @@ def build_demonstrations(
     encode: text -> token ids (no special BOS); prompt_ids: record -> prompt token ids;
     reply_fn: (model, query, record) -> the pool's reply text; information_ids: reply ->
     the ids of the whole <information> block exactly as the rollout engine inserts it.
+    reply_swap: the probability that a demonstration shows the reply of another (random)
+    record instead, answered by copying it. A training split repeats questions, and a tiny
+    policy then learns question -> answer by heart; swapped replies make the information
+    block the only reliable source, so what it learns is to copy from it.
+    answer_weight: loss weight of the answer tokens; the rest of a demonstration is a fixed
+    template learnt in a few steps, and a larger weight keeps the copy from being drowned out.
     """
     if query_style not in QUERY_STYLES:
         raise ValueError(f"unknown SFT query style {query_style!r}; expected one of {QUERY_STYLES}")
@@ -124,10 +134,14 @@ def build_demonstrations(
     for record, model in zip(log.records, models):
         query = record.question if query_style == "question" else FIXED_QUERY
         reply = reply_fn(model, query, record)
+        if reply_swap and rng.random() < reply_swap:
+            other = log.records[int(rng.integers(len(log)))]
+            reply = reply_fn(log.model_names[int(rng.integers(len(log.model_names)))], query, other)
         ids = list(prompt_ids(record))
         mask = [0] * len(ids)
         for seg, by_policy in completion_segments(
-            record, model, reply, log.protocol, encode, information_ids, extract_answer, query
+            record, model, reply, log.protocol, encode, information_ids, extract_answer, query,
+            answer_weight,
         ):
             seg = list(seg)
             ids += seg
