@@ -194,7 +194,7 @@ def test_multi_turn_masks_information_and_calls():
     assert [c[:2] for c in batch.calls[2]] == [("large", "who wrote it?"), ("small", "when?")]
     assert [p.format_ok for p in batch.parsed] == [True, True, True, False, False, False]
     assert batch.parsed[0].answer == "Paris" and batch.parsed[2].calls == [("large", "who wrote it?"), ("small", "when?")]
-    assert batch.completion_texts[0].startswith("<think>s0 plan</think>") and "<information>small heard" in batch.completion_texts[0]
+    assert batch.completion_texts[0].startswith("<think>s0 plan</think>") and "<information> small heard" in batch.completion_texts[0]
     assert np.isfinite(batch.logp_old_bt).all()
 
 
@@ -268,7 +268,7 @@ def test_stop_found_in_text_when_tags_are_not_single_tokens():
     batch = eng.run(records(1), prompts(1), num_samples=1, key=jax.random.key(5))
     text = batch.completion_texts[0]
     assert "junk" not in text and text.endswith("</answer>")
-    assert "<information>small heard capital of France?</information>" in text
+    assert "<information> small heard capital of France? </information>" in text
     assert batch.finish_reasons == ["answer"] and batch.parsed[0].format_ok
     n_policy = int(batch.loss_mask_bt[0].sum())
     p = batch.prompt_len_b[0]

@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.grpo = ml_collections.ConfigDict(
         dict(
-            steps=60, instances_per_step=8, group_size=8, updates_per_batch=1, microbatches=1,
+            steps=100, instances_per_step=8, group_size=8, updates_per_batch=1, microbatches=1,
             learning_rate=3e-4, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
             clip_low=0.2, clip_high=0.2, dual_clip=0.0, kl_coef=0.001, kl_kind="k3",
             loss_agg="token-mean", temperature=1.0, top_p=1.0, max_turns=2,
