@@ -1,6 +1,11 @@
 """Defaults shared by every config; each experiment config starts from `get_config()` here."""
 
+import pathlib
+
 import ml_collections
+
+# ../shared/data beside the checkout: the default place of the real routing logs.
+SHARED_DATA = (pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,17 +1,13 @@
 """dcrouter: 14 tasks, 9 models, score-only log, one-shot routing (single_call protocol).
 Data: ../shared/data/llmrouter by default; override with --config.data_dir."""
 
-import pathlib
-
 from launch.configs import base
-
-SHARED = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def get_config():
     c = base.get_config()
     c.suite = "dcrouter"
-    c.data_dir = str((SHARED / "llmrouter").resolve())
+    c.data_dir = str(base.SHARED_DATA / "llmrouter")
     c.reward.answer_metric = "score"
     c.tokenizer.max_question_tokens = 48  # a tiny policy reads the end of long questions
     c.tokenizer.vocab_size = 2048

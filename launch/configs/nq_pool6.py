@@ -1,17 +1,13 @@
 """nq_pool6: real replies of Router-R1's six-model pool on NQ (multi-turn, F1 rewards).
 Data: ../shared/data/llmrouter by default; override with --config.data_dir."""
 
-import pathlib
-
 from launch.configs import base
-
-SHARED = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def get_config():
     c = base.get_config()
     c.suite = "nq_pool6"
-    c.data_dir = str((SHARED / "llmrouter").resolve())
+    c.data_dir = str(base.SHARED_DATA / "llmrouter")
     c.reward.answer_metric = "f1"
     c.calibration.tau = 0.5  # F1 rewards: an answer counts as correct from F1 0.5
     c.tokenizer.vocab_size = 2048

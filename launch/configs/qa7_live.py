@@ -9,17 +9,13 @@ endpoints.json: {"model-name": {"base_url": ..., "model": ..., "price_in": ..., 
 "api_key_env": "ENV_VAR_NAME"}, ...}. Without endpoints, a simulated pool answers (for dry runs).
 """
 
-import pathlib
-
 from launch.configs import base
-
-SHARED = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def get_config():
     c = base.get_config()
     c.suite = "qa7"
-    c.data_dir = str((SHARED / "qa7").resolve())
+    c.data_dir = str(base.SHARED_DATA / "qa7")
     c.model.preset = "qwen2.5-3b"
     c.model.dtype = "bfloat16"
     c.prompt_style = "full"

@@ -79,12 +79,9 @@ def write_log_jsonl(log: RoutingLog, path: str | os.PathLike) -> None:
             f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
 
 
-def read_log_jsonl(path: str | os.PathLike, models: Mapping[str, ModelInfo] | None = None) -> RoutingLog:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"routing log file not found: {path}")
-    header = None
-    records = []
+def iter_jsonl_objects(path: str | os.PathLike):
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not a
+    JSON object is a ValueError naming the file and the line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -95,18 +92,28 @@ def read_log_jsonl(path: str | os.PathLike, models: Mapping[str, ModelInfo] | No
                 raise ValueError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            if "routing_log" in obj:
-                if lineno != 1 or header is not None or records:
-                    raise ValueError(f"{path}:{lineno}: the routing_log header must be the first line")
-                header = obj["routing_log"]
-                if not isinstance(header, dict):
-                    raise ValueError(f"{path}:{lineno}: routing_log header must be an object")
-                continue
-            try:
-                records.append(RoutingRecord.from_json(obj, where=f"{path}:{lineno}"))
-            except (TypeError, ValueError) as e:
-                msg = str(e)
-                raise ValueError(msg if msg.startswith(str(path)) else f"{path}:{lineno}: {msg}") from None
+            yield lineno, obj
+
+
+def read_log_jsonl(path: str | os.PathLike, models: Mapping[str, ModelInfo] | None = None) -> RoutingLog:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"routing log file not found: {path}")
+    header = None
+    records = []
+    for lineno, obj in iter_jsonl_objects(path):
+        if "routing_log" in obj:
+            if lineno != 1 or header is not None or records:
+                raise ValueError(f"{path}:{lineno}: the routing_log header must be the first line")
+            header = obj["routing_log"]
+            if not isinstance(header, dict):
+                raise ValueError(f"{path}:{lineno}: routing_log header must be an object")
+            continue
+        try:
+            records.append(RoutingRecord.from_json(obj, where=f"{path}:{lineno}"))
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}:{lineno}: {msg}") from None
     if header is not None:
         pool = pool_from_json(header.get("models"), where=f"{path}:1 models") if models is None else dict(models)
         datasets = header.get("datasets") or _first_seen(records)

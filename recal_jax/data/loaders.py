@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from recal_jax.data.jsonl import iter_jsonl_objects
 from recal_jax.data.schema import ESTIMATED_COMPLETION_TOKENS, ESTIMATED_PROMPT_TOKENS, ModelInfo, RoutingLog, RoutingRecord
 from recal_jax.data.suite import Suite, random_split
 
@@ -48,19 +49,7 @@ def _read_json(path: Path):
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    with open(_require(path), encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"malformed JSON in {path} line {lineno}: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"malformed record in {path} line {lineno}: expected an object")
-            out.append(obj)
-    return out
+    return [obj for _, obj in iter_jsonl_objects(_require(path))]
 
 
 def _dir(path) -> Path:

@@ -230,3 +230,23 @@ def running_server(pool: Pool, *, records=None, faults: FaultConfig | None = Non
         server.should_exit = True
         thread.join(timeout=10.0)
         sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m recal_jax.routing.server LOG.jsonl [--port 8000]`: serve a replay pool over a
+    routing log (see recal_jax.data.jsonl) as an OpenAI-compatible endpoint on 127.0.0.1."""
+    import argparse
+
+    from recal_jax.data.jsonl import read_log_jsonl
+    from recal_jax.routing.pools import ReplayPool
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("log", help="routing log in JSONL (header line with the pool, then records)")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    log = read_log_jsonl(args.log)
+    serve(ReplayPool(log), port=args.port, records=log.records)
+
+
+if __name__ == "__main__":
+    main()
