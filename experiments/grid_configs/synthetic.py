@@ -14,8 +14,7 @@ GRPO steps + 2 evaluations (the shared start's and the final policy's).
 
 import ml_collections
 
-PRESETS = ("grpo", "dr_grpo", "router_r1", "gdpo", "recal", "recal_no_decomp",
-           "recal_no_dataset_norm", "recal_no_reweight", "recal_no_gate")
+from recal_jax.calibration import PRESET_NAMES as PRESETS
 
 
 def get_config():
