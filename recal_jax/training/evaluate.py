@@ -60,7 +60,7 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq
 
 def results_table(policy: dict[str, Any], references: dict[str, RouterResult], datasets, policy_name: str) -> str:
     """A markdown table: the trained policy, then the reference routers (accuracy per dataset, cost)."""
-    short = [d[:10] for d in datasets]
+    short = list(datasets)
     head = "| router | avg acc | " + " | ".join(short) + " | cost/query (USD) | format ok |"
     sep = "|" + "---|" * (len(datasets) + 4)
     rows = [head, sep]
