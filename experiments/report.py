@@ -96,6 +96,18 @@ def _mean_router(results: list[dict], datasets: list[str]) -> dict:
     }
 
 
+def _sft_steps(run: RunResult) -> int:
+    """SFT steps behind a run: its own, or those of the shared warm start it was loaded from
+    (a run started from `<suite>/_sft-s<seed>/export` has sft.steps 0 of its own)."""
+    own = int(run.config["sft"]["steps"])
+    start = str(run.config.get("model", {}).get("pretrained_path", ""))
+    if own == 0 and start:
+        config = pathlib.Path(start).parent / "config.json"
+        if config.exists():
+            return int(json.loads(config.read_text())["sft"]["steps"])
+    return own
+
+
 def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
     """The numbers of one suite's section (JSON-ready)."""
     if not runs:
@@ -131,7 +143,7 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
         names = {res.get("name", k) for res in results}
         label = names.pop() if len(names) == 1 else k  # e.g. "best_single (large-pro)" when every run agrees
         references[label] = {"key": k, **_mean_router(results, datasets)}
-    sft_steps = sorted({int(r.config["sft"]["steps"]) for r in runs if "sft" in r.config})
+    sft_steps = sorted({_sft_steps(r) for r in runs if "sft" in r.config})
     return {
         "datasets": datasets, "rows": rows, "sft": sft, "references": references,
         "num_runs": len(runs), "seeds": sorted({r.seed for r in runs}),
