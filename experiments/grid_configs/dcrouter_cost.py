@@ -13,21 +13,16 @@ The SFT jobs `_sft-s<seed>` are the dcrouter grid's: with the same size block th
 reused, not rerun (run_grid refuses an SFT job whose recorded config differs).
 """
 
-import ml_collections
+import pathlib
+import runpy
+
+# The sweep shares dcrouter's SFT warm starts, which are only reused under the same sizes:
+# take dcrouter's grid and change only what the sweep varies.
+_DCROUTER = runpy.run_path(str(pathlib.Path(__file__).with_name("dcrouter.py")))
 
 
 def get_config():
-    g = ml_collections.ConfigDict()
-    g.base_config = "launch/configs/dcrouter.py"
-    g.suites = ("dcrouter",)
+    g = _DCROUTER["get_config"]()
     g.presets = ("grpo", "gdpo", "recal")
-    g.seeds = (0, 1, 2)
     g.route_weights = (0.0, 0.25, 0.5, 1.0)
-    g.share_sft = True
-    g.overrides = ml_collections.ConfigDict(dict(
-        max_test_instances=0,
-        sft=dict(steps=300),
-        grpo=dict(steps=60, instances_per_step=16, group_size=8),
-        eval=dict(every=0),
-    ))
     return g

@@ -5,7 +5,7 @@ from recal_jax.training.distributed import (
     host_local_batch_to_global, maybe_initialize_distributed,
 )
 from recal_jax.training.mesh import (
-    DEFAULT_RULES, MESH_AXES, batch_sharding, make_mesh, shard_batch, shard_tree,
+    MESH_AXES, batch_sharding, make_mesh, shard_batch, shard_tree,
     tree_shardings,
 )
 from recal_jax.training.optim import OptimConfig, make_optimizer, make_schedule
@@ -15,7 +15,7 @@ from recal_jax.training.train_step import (
 )
 
 __all__ = [
-    "Checkpointer", "DEFAULT_RULES", "LossConfig", "MESH_AXES", "OptimConfig", "TrainState",
+    "Checkpointer", "LossConfig", "MESH_AXES", "OptimConfig", "TrainState",
     "batch_sharding", "compute_logprobs", "host_local_batch_to_global", "make_mesh",
     "make_optimizer", "make_schedule", "make_sft_step", "make_train_step",
     "maybe_initialize_distributed", "restore_latest", "shard_batch", "shard_tree",

@@ -56,7 +56,7 @@ def _capped(suite: Suite, max_train: int, max_test: int) -> Suite:
     return dataclasses.replace(suite, train=train, test=test)
 
 
-def tokenizer_corpus(suite: Suite, pool: Pool | None = None) -> list[str]:
+def tokenizer_corpus(suite: Suite) -> list[str]:
     """Text a tiny tokenizer is trained on: questions, gold answers, logged replies, protocol words."""
     texts = ["<think> pick a model </think> <think> use the reply </think> models: question: "]
     for log_ in (suite.train, suite.test):

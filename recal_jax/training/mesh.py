@@ -15,14 +15,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from recal_jax.models.sharding import (  # noqa: F401  (re-exported)
-    MESH_AXES, logical_to_mesh_rules, make_mesh, tree_shardings, variable_spec,
+    MESH_AXES, make_mesh, tree_shardings, variable_spec,
 )
 
 BATCH_AXES = ("data", "fsdp")
 
 # Logical axis -> tensor mesh axis, as partition_spec uses it ('fsdp' is not a per-name
 # rule: it goes on each weight's largest free dimension).
-DEFAULT_RULES: Mapping[str, str | None] = logical_to_mesh_rules(tensor_parallel=True)
 
 
 def batch_parallelism(mesh: Mesh) -> int:
