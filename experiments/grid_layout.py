@@ -10,6 +10,8 @@ import math
 import pathlib
 import re
 
+from recal_jax.calibration import COMPONENTS, CalibrationConfig
+
 _RUN_NAME = re.compile(r"^(?P<preset>[A-Za-z0-9_]+?)(?:-rw(?P<rw>[0-9.]+(?:e[+-]?[0-9]+)?))?-s(?P<seed>[0-9]+)$")
 SUMMARY = "summary.json"
 COMMAND = "command.txt"
@@ -79,3 +81,9 @@ def export_path(path) -> pathlib.Path:
 def is_exported(path) -> bool:
     """An SFT job is finished when its exported policy exists (the pipeline exports last)."""
     return (export_path(path) / "config.json").is_file()
+
+
+def own_route_weight(preset: str) -> float:
+    """The `route` component weight of a calibration preset (a sweep point equal to it is the
+    plain preset run)."""
+    return float(CalibrationConfig.preset(preset).weights[COMPONENTS.index("route")])

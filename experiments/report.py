@@ -23,14 +23,16 @@ if str(EXPERIMENTS) not in sys.path:
     sys.path.insert(0, str(EXPERIMENTS))
 
 import grid_stats  # noqa: E402
+import report_diagnostics  # noqa: E402
 import report_plots  # noqa: E402
-from grid_layout import COMMAND, SUMMARY, is_helper_dir, parse_run_name  # noqa: E402
+from grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name  # noqa: E402
 
 PRESET_ORDER = ("grpo", "dr_grpo", "router_r1", "gdpo", "recal", "recal_no_decomp",
                 "recal_no_dataset_norm", "recal_no_reweight", "recal_no_gate")
 REFERENCE_ORDER = ("random", "best_single", "oracle", "cheapest_correct")
 SFT_LABEL = "after SFT (no RL)"
 DASH = "—"
+NOTES = "NOTES.md"  # hand-written reading of a suite's numbers, kept beside its runs
 
 
 @dataclasses.dataclass
@@ -124,6 +126,7 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
         stab = [r.summary.get("stability", {}) for r in members]
         rows.append({
             "label": _label(*key), "preset": key[0], "route_weight": key[1],
+            "route_weight_used": own_route_weight(key[0]) if key[1] is None else key[1],
             "seeds": [r.seed for r in members], "n": len(members),
             "accuracy": mean, "ci95_half": half,
             "ci95": None if half is None else [mean - half, mean + half],
@@ -222,6 +225,14 @@ def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) 
     out += [f"    {c}" for c in commands] if commands else ["    (no command.txt in this suite directory)"]
     out += ["", markdown_table(agg), ""]
     out += [f"![{name}]({file})" for name, file in plots.items()]
+    agg["diagnostics"] = report_diagnostics.aggregate_diagnostics(runs, _sort_key, _label)
+    out += ["", "### Paired differences and calibration diagnostics (spec section 5)", "",
+            "Means over seeds; Δ columns pair runs of the same seed (same SFT start) and give the "
+            "95% t-interval half-width. Column definitions: `experiments/report_diagnostics.py`.", "",
+            report_diagnostics.diagnostics_table(agg["diagnostics"])]
+    notes = results_dir / suite / NOTES
+    if notes.is_file():
+        out += ["", "### Reading", "", notes.read_text().strip()]
     return "\n".join(out) + "\n", agg
 
 

@@ -40,19 +40,19 @@ def accuracy_vs_cost(rows: Sequence[Mapping], references: Mapping[str, Mapping],
 
 
 def pareto_fronts(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str) -> pathlib.Path:
-    """One line per preset through its route-weight points (in route-weight order), plus the
-    single models and the oracle as points."""
+    """One line per swept preset through its route-weight points (in route-weight order; the
+    plain preset run is the point at the preset's own route weight), plus the single models
+    and the oracle as points."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
     presets = sorted({r["preset"] for r in rows if r["route_weight"] is not None})
     for preset in presets:
-        pts = sorted((r for r in rows if r["preset"] == preset and r["route_weight"] is not None),
-                     key=lambda r: r["route_weight"])
+        pts = sorted((r for r in rows if r["preset"] == preset), key=lambda r: r["route_weight_used"])
         xs = [r["cost_per_query"] for r in pts]
         ys = [r["accuracy"] for r in pts]
         errs = [r["ci95_half"] or 0.0 for r in pts]
         ax.errorbar(xs, ys, yerr=errs, fmt="-o", capsize=3, label=preset, zorder=3)
         for r in pts:
-            ax.annotate(f"w={r['route_weight']:g}", (r["cost_per_query"], r["accuracy"]), fontsize=6,
+            ax.annotate(f"w={r['route_weight_used']:g}", (r["cost_per_query"], r["accuracy"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
     for label, ref in references.items():
         if label.startswith("single:") or label == "oracle":

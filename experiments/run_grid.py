@@ -39,7 +39,7 @@ for _p in (str(ROOT), str(EXPERIMENTS)):
 
 import ml_collections  # noqa: E402
 
-from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported,  # noqa: E402
+from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported, own_route_weight,  # noqa: E402
                          run_name, sft_run_name)
 from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
 from recal_jax.calibration.config import PRESET_NAMES  # noqa: E402
@@ -112,8 +112,17 @@ def expand_grid(grid) -> list[GridRun]:
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
                               or not math.isfinite(w) or w < 0):
             raise ValueError(f"grid.route_weights must be finite numbers >= 0, got {w!r}")
-    return [GridRun(str(suite), str(preset), int(seed), None if w is None else float(w))
+    runs = [GridRun(str(suite), str(preset), int(seed), sweep_weight(str(preset), w))
             for suite in suites for preset in presets for w in weights for seed in seeds]
+    return list(dict.fromkeys(runs))
+
+
+def sweep_weight(preset: str, weight: float | None) -> float | None:
+    """The route weight a sweep run records: None when `weight` is the preset's own route
+    weight, since that run is the plain preset run (shared with the suite's main grid)."""
+    if weight is None:
+        return None
+    return None if float(weight) == own_route_weight(preset) else float(weight)
 
 
 def plan_jobs(grid, results_dir, only: str = "") -> list[GridRun]:

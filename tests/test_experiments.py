@@ -21,6 +21,7 @@ import grid_layout  # noqa: E402
 import grid_stats  # noqa: E402
 import report  # noqa: E402
 import run_grid  # noqa: E402
+from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- naming and grid expansion
@@ -70,7 +71,17 @@ def test_expand_grid_order_and_paths(tmp_path):
         run_grid.expand_grid(_grid(seeds=(0, -1)))
 
 
+def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
+    own = grid_layout.own_route_weight("recal")
+    assert own == CalibrationConfig.preset("recal").weights[COMPONENTS.index("route")]
+    runs = run_grid.expand_grid(_grid(presets=("recal",), seeds=(0,), route_weights=(0.0, own, 1.0)))
+    assert [r.name for r in runs] == ["recal-rw0-s0", "recal-s0", "recal-rw1-s0"]
+    assert run_grid.sweep_weight("recal", None) is None and run_grid.sweep_weight("recal", 2) == 2.0
+
+
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
+    # dcrouter_cost: 3 presets x 4 route weights x 3 seeds, less the 9 runs at each preset's
+    # own route weight (0.25), which are the dcrouter grid's plain runs.
     sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
@@ -86,6 +97,10 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
         assert config.sft.steps == 0 and config.eval.after_sft
         sft = run_grid.build_run_config(grid, jobs[0], tmp_path)
         assert sft.sft.steps > 0 and sft.grpo.steps == 0 and not sft.eval.after_sft
+        if name == "dcrouter_cost":  # the points at the presets' own route weight are dcrouter's plain runs
+            dcrouter = {r.key for r in run_grid.expand_grid(run_grid.load_config_file(
+                ROOT / "experiments" / "grid_configs" / "dcrouter.py"))}
+            assert len({r.key for r in runs} & dcrouter) == 9
         if name == "synthetic":  # lookup has 100 distinct questions, commonsense 60
             assert sft.synthetic.n_test_per_family < 60
     with pytest.raises(ValueError, match="results_dir"):
@@ -437,3 +452,14 @@ def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):
     assert _cells(text, "recal rw=0.5")[1] == f"{0.605:.3f}"
     numbers = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]
     assert (tmp_path / numbers["plots"]["pareto"]).stat().st_size > 0
+    assert [r["route_weight_used"] for r in numbers["rows"]] == [0.0, 0.5, 1.0]
+
+
+def test_report_puts_the_plain_run_on_the_front_at_its_own_route_weight(tmp_path):
+    stab = {"reward_std_last_third": 0.1, "grad_norm_spikes": 0, "collapsed": False, "min_format_valid": 1.0}
+    _write_run(tmp_path, "dcrouter", grid_layout.run_name("recal", 0, 1.0), 0.5, {"a": 0.5}, 0.01, stab, 0.2, [0.1])
+    _write_run(tmp_path, "dcrouter", grid_layout.run_name("recal", 0), 0.6, {"a": 0.6}, 0.02, stab, 0.2, [0.1])
+    report.write_report(tmp_path)
+    rows = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]["rows"]
+    used = {r["label"]: r["route_weight_used"] for r in rows}
+    assert used == {"recal": CalibrationConfig.preset("recal").weights[3], "recal rw=1": 1.0}

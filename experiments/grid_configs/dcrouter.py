@@ -2,7 +2,7 @@
 
     python experiments/run_grid.py --grid=experiments/grid_configs/dcrouter.py
 
-`overrides` is the size block: 300 SFT steps, 60 GRPO steps of 16 x 8 rollouts, the whole
+`overrides` is the size block: 300 SFT steps, 40 GRPO steps of 16 x 8 rollouts, the whole
 test split (max_test_instances=0; a cap > 0 keeps the loader's first records, the same for
 every run).
 With share_sft (default True) the SFT warm start runs once per seed (job `_sft-s<seed>`:
@@ -26,7 +26,7 @@ def get_config():
     g.overrides = ml_collections.ConfigDict(dict(
         max_test_instances=0,
         sft=dict(steps=300),
-        grpo=dict(steps=60, instances_per_step=16, group_size=8),
+        grpo=dict(steps=40, instances_per_step=16, group_size=8),
         eval=dict(every=0),
     ))
     return g
