@@ -2,7 +2,7 @@
 
 import jax
 import numpy as np
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from recal_jax import calibration as cal
 
@@ -64,12 +64,16 @@ def test_adding_a_constant_to_a_component_changes_nothing(seed, name, k, c):
 
 
 @given(seeds, st.integers(0, D - 1), st.floats(0.1, 100.0))
+@example(seed=998, d=0, c=2.0)  # s_d ~ 7e-5 for one (dataset, component)
 def test_dataset_scale_is_invariant_to_one_datasets_reward_scale(seed, d, c):
     r, fmt, valid, ids = batch(seed)
     scaled = r.copy()
     scaled[ids == d] *= np.float32(c)
     for scale in ("dataset", "none"):
-        cfg = cal.CalibrationConfig(num_datasets=D, gate=False, scale=scale, reweight="none", min_count=1)
+        # a / (s_d + eps) is invariant only up to eps / s_d, and hypothesis finds datasets with
+        # s_d ~ 1e-4 (two near-equal valid rollouts): a negligible eps makes the property exact.
+        cfg = cal.CalibrationConfig(num_datasets=D, gate=False, scale=scale, reweight="none", min_count=1,
+                                    eps=1e-12)
         state = cal.init_state(cfg, M)
         adv = np.asarray(CALIBRATE(r, fmt, valid, ids, cfg, state)[0])
         adv_c = np.asarray(CALIBRATE(scaled, fmt, valid, ids, cfg, state)[0])

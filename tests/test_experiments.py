@@ -372,8 +372,13 @@ def _write_run(root, suite, name, acc, per, cost, stability, sft_acc, train_answ
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _main_table(text):
+    """The lines of RESULTS.md before the first suite's diagnostics table (which repeats the labels)."""
+    return text.split("### Paired differences")[0].splitlines()
+
+
 def _cells(text, label):
-    rows = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+    rows = [line for line in _main_table(text) if line.startswith(f"| {label} |")]
     assert len(rows) == 1, (label, rows)
     return [c.strip() for c in rows[0].strip("|").split("|")]
 
@@ -447,7 +452,7 @@ def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):
             _write_run(tmp_path, "dcrouter", grid_layout.run_name("recal", seed, w), acc + 0.01 * seed,
                        {"a": acc, "b": acc}, cost, stab, 0.2, [0.1])
     text = report.write_report(tmp_path).read_text()
-    labels = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| recal")]
+    labels = [line.split("|")[1].strip() for line in _main_table(text) if line.startswith("| recal")]
     assert labels == ["recal rw=0", "recal rw=0.5", "recal rw=1"]
     assert _cells(text, "recal rw=0.5")[1] == f"{0.605:.3f}"
     numbers = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]
