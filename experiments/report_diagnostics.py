@@ -2,7 +2,7 @@
 calibration diagnostics of spec section 5, per row (preset, route weight), means over seeds.
 
 Paired differences: every preset run of a seed starts from the same SFT export, so the
-difference to that start, and to the `grpo` run of the same seed, removes the between-seed
+difference to that start, and to the `grpo` and `recal` runs of the same seed, removes the between-seed
 variance of the warm start (which dominates the unpaired CI of the main table).
 
 Diagnostics, per run over its GRPO steps, then averaged over seeds:
@@ -28,6 +28,7 @@ from recal_jax.calibration import COMPONENTS, CalibrationConfig
 DASH = "—"
 AUX = ("info", "route", "balance")
 BASELINE = ("grpo", None)
+RECAL = ("recal", None)
 
 
 def _finite(values) -> list[float]:
@@ -102,6 +103,7 @@ def aggregate_diagnostics(runs: Sequence, sort_key: Callable, label: Callable) -
             "label": label(*key),
             "vs_start": _paired(accuracy[key], starts),
             "vs_grpo": _paired(accuracy[key], accuracy[BASELINE]) if BASELINE in groups and key != BASELINE else None,
+            "vs_recal": _paired(accuracy[key], accuracy[RECAL]) if RECAL in groups and key != RECAL else None,
             "informative": _mean(d["informative"] for d in per_run),
             "weight_min": _mean(d["weight_min"] for d in per_run),
             "weight_max": _mean(d["weight_max"] for d in per_run),
@@ -125,13 +127,14 @@ def _delta(d: dict | None) -> str:
 
 
 def diagnostics_table(rows: Sequence[dict]) -> str:
-    head = ["router", "Δ acc vs its SFT start", "Δ acc vs grpo (paired)", "informative", "weight min/max",
+    head = ["router", "Δ acc vs its SFT start", "Δ acc vs grpo (paired)", "Δ acc vs recal (paired)", "informative", "weight min/max",
             "adv std (" + "/".join(COMPONENTS) + " or scalar)", "aux share", "answer gain (train)",
             "cost ratio (train)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         stds = "/".join(_num(s, ".2f") for s in r["adv_std"]) or DASH
-        cells = [r["label"], _delta(r["vs_start"]), _delta(r["vs_grpo"]), _num(r["informative"], ".2f"),
+        cells = [r["label"], _delta(r["vs_start"]), _delta(r["vs_grpo"]), _delta(r["vs_recal"]),
+                 _num(r["informative"], ".2f"),
                  f"{_num(r['weight_min'], '.2f')}/{_num(r['weight_max'], '.2f')}", stds,
                  _num(r["aux_share"], ".2f"), _num(r["answer_gain"], "+.3f"), _num(r["cost_ratio"], ".2f")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -70,6 +70,7 @@ def test_paired_differences_match_a_t_interval():
     assert recal["vs_grpo"]["ci95_half"] == pytest.approx(stats.t.ppf(0.975, 1) * sd / math.sqrt(2))
     assert recal["vs_start"]["mean"] == pytest.approx(0.3) and recal["vs_start"]["n"] == 2
     grpo = next(r for r in rows if r["label"] == "grpo")
-    assert grpo["vs_grpo"] is None
+    assert grpo["vs_grpo"] is None and recal["vs_recal"] is None
+    assert grpo["vs_recal"]["mean"] == pytest.approx(-0.15)
     table = rd.diagnostics_table(rows)
     assert "+0.150 ±" in table and table.count("\n") == 3
