@@ -83,7 +83,15 @@ def is_exported(path) -> bool:
     return (export_path(path) / "config.json").is_file()
 
 
+def preset_weights(preset: str, route_weight: float | None = None) -> list[float]:
+    """The component weights of a calibration preset, with `route` set to `route_weight` when given."""
+    weights = [float(w) for w in CalibrationConfig.preset(preset).weights]
+    if route_weight is not None:
+        weights[COMPONENTS.index("route")] = float(route_weight)
+    return weights
+
+
 def own_route_weight(preset: str) -> float:
     """The `route` component weight of a calibration preset (a sweep point equal to it is the
     plain preset run)."""
-    return float(CalibrationConfig.preset(preset).weights[COMPONENTS.index("route")])
+    return preset_weights(preset)[COMPONENTS.index("route")]

@@ -23,7 +23,8 @@ import math
 from typing import Any, Callable, Sequence
 
 import grid_stats
-from recal_jax.calibration import COMPONENTS, CalibrationConfig
+from grid_layout import preset_weights
+from recal_jax.calibration import COMPONENTS
 
 DASH = "—"
 AUX = ("info", "route", "balance")
@@ -45,20 +46,13 @@ def _thirds(rows: Sequence[dict], key: str) -> tuple[float | None, float | None]
     return _mean(r.get(key) for r in rows[:third]), _mean(r.get(key) for r in rows[-third:])
 
 
-def _weights(preset: str, route_weight: float | None) -> list[float]:
-    weights = list(CalibrationConfig.preset(preset).weights)
-    if route_weight is not None:
-        weights[COMPONENTS.index("route")] = float(route_weight)
-    return weights
-
-
 def run_diagnostics(preset: str, route_weight: float | None, rows: Sequence[dict]) -> dict[str, Any]:
     """Diagnostics of one run from its train rows (metrics.jsonl, phase 'train')."""
     num_k = sum(1 for k in range(len(COMPONENTS)) if any(f"calibration/adv_std_k/{k}" in r for r in rows))
     adv_std = [_mean(r.get(f"calibration/adv_std_k/{k}") for r in rows) for k in range(num_k)]
     aux_share = None
     if num_k == len(COMPONENTS) and all(s is not None for s in adv_std):
-        weights = _weights(preset, route_weight)
+        weights = preset_weights(preset, route_weight)
         parts = [(w * s) ** 2 for w, s in zip(weights, adv_std)]
         total = sum(parts)
         if total > 0:

@@ -39,9 +39,8 @@ for _p in (str(ROOT), str(EXPERIMENTS)):
 
 import ml_collections  # noqa: E402
 
-from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported, own_route_weight,  # noqa: E402
-                         run_name, sft_run_name)
-from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
+from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported,  # noqa: E402
+                         own_route_weight, preset_weights, run_name, sft_run_name)
 from recal_jax.calibration.config import PRESET_NAMES  # noqa: E402
 
 WORKER = EXPERIMENTS / "grid_worker.py"
@@ -189,9 +188,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
 
 def route_weight_override(preset: str, weight: float) -> str:
     """`weights=[...]` for calibration.overrides: the preset's weights with `route` set to `weight`."""
-    weights = list(CalibrationConfig.preset(preset).weights)
-    weights[COMPONENTS.index("route")] = float(weight)
-    return "weights=" + json.dumps(weights, separators=(",", ":"))
+    return "weights=" + json.dumps(preset_weights(preset, weight), separators=(",", ":"))
 
 
 def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.ConfigDict:
