@@ -26,9 +26,9 @@ import grid_stats  # noqa: E402
 import report_diagnostics  # noqa: E402
 import report_plots  # noqa: E402
 from grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name  # noqa: E402
+from recal_jax.calibration import PRESET_NAMES  # noqa: E402
 
-PRESET_ORDER = ("grpo", "dr_grpo", "router_r1", "gdpo", "recal", "recal_no_decomp",
-                "recal_no_dataset_norm", "recal_no_reweight", "recal_no_gate")
+PRESET_ORDER = PRESET_NAMES
 REFERENCE_ORDER = ("random", "best_single", "oracle", "cheapest_correct")
 SFT_LABEL = "after SFT (no RL)"
 DASH = "—"
@@ -88,6 +88,14 @@ def _sort_key(key: tuple[str, float | None]):
     return (rank, preset, -1.0 if rw is None else rw)
 
 
+def group_runs(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
+    """(preset, route weight) -> its runs (the seeds of one table row), in table order."""
+    groups: dict[tuple, list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.preset, r.route_weight), []).append(r)
+    return {key: sorted(groups[key], key=lambda r: r.seed) for key in sorted(groups, key=_sort_key)}
+
+
 def _mean_router(results: list[dict], datasets: list[str]) -> dict:
     """Mean over runs of {accuracy, per_dataset, cost_per_query} dicts."""
     return {
@@ -115,12 +123,8 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
     if not runs:
         raise ValueError("aggregate_suite needs at least one finished run")
     datasets = sorted({d for r in runs for d in r.summary["policy"].get("per_dataset", {})})
-    groups: dict[tuple, list[RunResult]] = {}
-    for r in runs:
-        groups.setdefault((r.preset, r.route_weight), []).append(r)
     rows = []
-    for key in sorted(groups, key=_sort_key):
-        members = sorted(groups[key], key=lambda r: r.seed)
+    for key, members in group_runs(runs).items():
         mean, half = grid_stats.mean_ci95([r.summary["policy"]["accuracy"] for r in members])
         router = _mean_router([r.summary["policy"] for r in members], datasets)
         stab = [r.summary.get("stability", {}) for r in members]
@@ -188,13 +192,10 @@ def _commands(suite_dir: pathlib.Path) -> list[str]:
 
 
 def _curves(runs: list[RunResult]) -> dict[str, tuple[list[int], list[float]]]:
-    groups: dict[tuple, list[RunResult]] = {}
-    for r in runs:
-        groups.setdefault((r.preset, r.route_weight), []).append(r)
     curves = {}
-    for key in sorted(groups, key=_sort_key):
+    for key, members in group_runs(runs).items():
         per_run = [{row["step"]: row["reward/answer"] for row in r.train_rows
-                    if row.get("reward/answer") is not None} for r in groups[key]]
+                    if row.get("reward/answer") is not None} for r in members]
         steps, values = grid_stats.mean_curve(per_run)
         if steps:
             curves[_label(*key)] = (steps, values)
@@ -225,7 +226,7 @@ def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) 
     out += [f"    {c}" for c in commands] if commands else ["    (no command.txt in this suite directory)"]
     out += ["", markdown_table(agg), ""]
     out += [f"![{name}]({file})" for name, file in plots.items()]
-    agg["diagnostics"] = report_diagnostics.aggregate_diagnostics(runs, _sort_key, _label)
+    agg["diagnostics"] = report_diagnostics.aggregate_diagnostics(group_runs(runs), _label)
     out += ["", "### Paired differences and calibration diagnostics (spec section 5)", "",
             "Means over seeds; Δ columns pair runs of the same seed (same SFT start) and give the "
             "95% t-interval half-width. Column definitions: `experiments/report_diagnostics.py`.", "",

@@ -20,10 +20,11 @@ Diagnostics, per run over its GRPO steps, then averaged over seeds:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import grid_stats
 from grid_layout import preset_weights
+from grid_stats import finite_mean
 from recal_jax.calibration import COMPONENTS
 
 DASH = "—"
@@ -36,20 +37,15 @@ def _finite(values) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
 
 
-def _mean(values) -> float | None:
-    vals = _finite(values)
-    return sum(vals) / len(vals) if vals else None
-
-
 def _thirds(rows: Sequence[dict], key: str) -> tuple[float | None, float | None]:
     third = max(1, len(rows) // 3)
-    return _mean(r.get(key) for r in rows[:third]), _mean(r.get(key) for r in rows[-third:])
+    return finite_mean(r.get(key) for r in rows[:third]), finite_mean(r.get(key) for r in rows[-third:])
 
 
 def run_diagnostics(preset: str, route_weight: float | None, rows: Sequence[dict]) -> dict[str, Any]:
     """Diagnostics of one run from its train rows (metrics.jsonl, phase 'train')."""
     num_k = sum(1 for k in range(len(COMPONENTS)) if any(f"calibration/adv_std_k/{k}" in r for r in rows))
-    adv_std = [_mean(r.get(f"calibration/adv_std_k/{k}") for r in rows) for k in range(num_k)]
+    adv_std = [finite_mean(r.get(f"calibration/adv_std_k/{k}") for r in rows) for k in range(num_k)]
     aux_share = None
     if num_k == len(COMPONENTS) and all(s is not None for s in adv_std):
         weights = preset_weights(preset, route_weight)
@@ -62,7 +58,7 @@ def run_diagnostics(preset: str, route_weight: float | None, rows: Sequence[dict
     mins = _finite(r.get("calibration/weight_min") for r in rows)
     maxs = _finite(r.get("calibration/weight_max") for r in rows)
     return {
-        "informative": _mean(r.get("calibration/informative_frac") for r in rows),
+        "informative": finite_mean(r.get("calibration/informative_frac") for r in rows),
         "weight_min": min(mins) if mins else None,
         "weight_max": max(maxs) if maxs else None,
         "adv_std": adv_std,
@@ -81,15 +77,12 @@ def _paired(members: dict[int, float], reference: dict[int, float]) -> dict[str,
     return {"mean": mean, "ci95_half": half, "n": len(seeds)}
 
 
-def aggregate_diagnostics(runs: Sequence, sort_key: Callable, label: Callable) -> list[dict[str, Any]]:
-    """One row per (preset, route weight) of `runs` (report.RunResult), in `sort_key` order."""
-    groups: dict[tuple, list] = {}
-    for r in runs:
-        groups.setdefault((r.preset, r.route_weight), []).append(r)
+def aggregate_diagnostics(groups: Mapping[tuple, Sequence], label: Callable) -> list[dict[str, Any]]:
+    """One row per (preset, route weight) key of `groups` (report.group_runs: key -> its
+    report.RunResult runs), in the order of `groups`."""
     accuracy = {key: {r.seed: r.summary["policy"]["accuracy"] for r in members} for key, members in groups.items()}
     out = []
-    for key in sorted(groups, key=sort_key):
-        members = groups[key]
+    for key, members in groups.items():
         starts = {r.seed: r.summary["sft_policy"]["accuracy"] for r in members if "sft_policy" in r.summary}
         per_run = [run_diagnostics(key[0], key[1], r.train_rows) for r in members]
         num_k = max(len(d["adv_std"]) for d in per_run)
@@ -98,13 +91,13 @@ def aggregate_diagnostics(runs: Sequence, sort_key: Callable, label: Callable) -
             "vs_start": _paired(accuracy[key], starts),
             "vs_grpo": _paired(accuracy[key], accuracy[BASELINE]) if BASELINE in groups and key != BASELINE else None,
             "vs_recal": _paired(accuracy[key], accuracy[RECAL]) if RECAL in groups and key != RECAL else None,
-            "informative": _mean(d["informative"] for d in per_run),
-            "weight_min": _mean(d["weight_min"] for d in per_run),
-            "weight_max": _mean(d["weight_max"] for d in per_run),
-            "adv_std": [_mean(d["adv_std"][k] for d in per_run if len(d["adv_std"]) > k) for k in range(num_k)],
-            "aux_share": _mean(d["aux_share"] for d in per_run),
-            "answer_gain": _mean(d["answer_gain"] for d in per_run),
-            "cost_ratio": _mean(d["cost_ratio"] for d in per_run),
+            "informative": finite_mean(d["informative"] for d in per_run),
+            "weight_min": finite_mean(d["weight_min"] for d in per_run),
+            "weight_max": finite_mean(d["weight_max"] for d in per_run),
+            "adv_std": [finite_mean(d["adv_std"][k] for d in per_run if len(d["adv_std"]) > k) for k in range(num_k)],
+            "aux_share": finite_mean(d["aux_share"] for d in per_run),
+            "answer_gain": finite_mean(d["answer_gain"] for d in per_run),
+            "cost_ratio": finite_mean(d["cost_ratio"] for d in per_run),
         })
     return out
 
@@ -121,8 +114,8 @@ def _delta(d: dict | None) -> str:
 
 
 def diagnostics_table(rows: Sequence[dict]) -> str:
-    head = ["router", "Δ acc vs its SFT start", "Δ acc vs grpo (paired)", "Δ acc vs recal (paired)", "informative", "weight min/max",
-            "adv std (" + "/".join(COMPONENTS) + " or scalar)", "aux share", "answer gain (train)",
+    head = ["router", "Δ acc vs its SFT start", "Δ acc vs grpo (paired)", "Δ acc vs recal (paired)",
+            "informative", "weight min/max", "adv std (" + "/".join(COMPONENTS) + " or scalar)", "aux share", "answer gain (train)",
             "cost ratio (train)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

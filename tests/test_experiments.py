@@ -80,8 +80,8 @@ def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
 
 
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
-    # dcrouter_cost: 3 presets x 4 route weights x 3 seeds, less the 9 runs at each preset's
-    # own route weight (0.25), which are the dcrouter grid's plain runs.
+    # dcrouter_cost: 3 presets x 4 route weights x 3 seeds; the 9 at each preset's own route
+    # weight (0.25) are the dcrouter grid's plain runs (checked below).
     sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")

@@ -62,7 +62,10 @@ def test_paired_differences_match_a_t_interval():
             _Run("grpo", None, 1, {"policy": {"accuracy": 0.5}, "sft_policy": {"accuracy": 0.3}}, []),
             _Run("recal", None, 0, {"policy": {"accuracy": 0.5}, "sft_policy": {"accuracy": 0.3}}, []),
             _Run("recal", None, 1, {"policy": {"accuracy": 0.7}, "sft_policy": {"accuracy": 0.3}}, [])]
-    rows = rd.aggregate_diagnostics(runs, sort_key=lambda k: k[0], label=lambda p, w: p)
+    groups = {}
+    for r in runs:
+        groups.setdefault((r.preset, r.route_weight), []).append(r)
+    rows = rd.aggregate_diagnostics(groups, label=lambda p, w: p)
     recal = next(r for r in rows if r["label"] == "recal")
     diffs = [0.1, 0.2]
     sd = math.sqrt(sum((x - 0.15) ** 2 for x in diffs) / 1)

@@ -6,7 +6,8 @@ Each route weight w sets the `route` entry of the 5 component weights (format, a
 route, balance) through config.calibration.overrides (`weights=[0.5,1.0,0.25,w,0.1]`); runs
 land next to the dcrouter grid's as `<preset>-rw<w>-s<seed>`, except the point at a preset's
 own route weight (0.25 for all three), which is the dcrouter grid's plain `<preset>-s<seed>`
-run. Size block as in dcrouter.py (300 SFT steps, 40 GRPO steps of 16 x 8 rollouts, the whole test split).
+run. Size block as in dcrouter.py (300 SFT steps, 40 GRPO steps of 16 x 8 rollouts, the whole
+test split).
 With share_sft (default True) the SFT warm start runs once per seed (job `_sft-s<seed>`:
 SFT + 1 evaluation) and every preset run starts from its export, so a preset run costs its
 GRPO steps + 2 evaluations (the shared start's and the final policy's).
