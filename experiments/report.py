@@ -26,9 +26,9 @@ import grid_stats  # noqa: E402
 import report_diagnostics  # noqa: E402
 import report_plots  # noqa: E402
 from grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name  # noqa: E402
-from recal_jax.calibration import PRESET_NAMES  # noqa: E402
+from recal_jax.calibration import ALL_PRESET_NAMES  # noqa: E402
 
-PRESET_ORDER = PRESET_NAMES
+PRESET_ORDER = ALL_PRESET_NAMES
 REFERENCE_ORDER = ("random", "best_single", "oracle", "cheapest_correct")
 SFT_LABEL = "after SFT (no RL)"
 DASH = "—"

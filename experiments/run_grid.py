@@ -41,7 +41,7 @@ import ml_collections  # noqa: E402
 
 from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported,  # noqa: E402
                          own_route_weight, preset_weights, run_name, sft_run_name)
-from recal_jax.calibration.config import PRESET_NAMES  # noqa: E402
+from recal_jax.calibration.config import ALL_PRESET_NAMES  # noqa: E402
 
 WORKER = EXPERIMENTS / "grid_worker.py"
 RUN_CONFIG = "grid_run_config.json"
@@ -100,9 +100,9 @@ def expand_grid(grid) -> list[GridRun]:
     suites = _tuple(grid.suites, "suites")
     presets = _tuple(grid.presets, "presets")
     seeds = _tuple(grid.seeds, "seeds")
-    unknown = [p for p in presets if p not in PRESET_NAMES]
+    unknown = [p for p in presets if p not in ALL_PRESET_NAMES]
     if unknown:
-        raise ValueError(f"grid.presets has unknown preset(s) {unknown}; known: {list(PRESET_NAMES)}")
+        raise ValueError(f"grid.presets has unknown preset(s) {unknown}; known: {list(ALL_PRESET_NAMES)}")
     for s in seeds:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ValueError(f"grid.seeds must be ints >= 0, got {s!r}")

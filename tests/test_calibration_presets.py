@@ -56,6 +56,27 @@ def test_preset_fields_follow_the_spec_table():
         assert cfg == cal.CalibrationConfig.preset(name, num_datasets=7)
 
 
+def test_extension_presets_are_recal_with_one_change():
+    assert not set(cal.EXTENSION_PRESET_NAMES) & set(cal.PRESET_NAMES)
+    assert cal.ALL_PRESET_NAMES == cal.PRESET_NAMES + cal.EXTENSION_PRESET_NAMES
+    recal = cal.CalibrationConfig.preset("recal", num_datasets=3)
+    group_gate = cal.CalibrationConfig.preset("recal_group_gate", num_datasets=3)
+    assert dataclasses.replace(recal, gate_mode="group_best") == group_gate
+    assert recal.gate_mode == "threshold" and group_gate.tau_min == 0.5
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(gate_mode="best"), "gate_mode"),
+    (dict(gate_mode="group_best", tau_min=0.0), "tau_min"),
+    (dict(gate_mode="group_best", tau=0.4), "tau_min"),
+    (dict(tau_min=float("nan")), "tau_min"),
+])
+def test_gate_mode_validation(bad, match):
+    with pytest.raises(ValueError, match=match):
+        cal.CalibrationConfig.preset("recal", **bad)
+    cal.CalibrationConfig.preset("recal", tau=0.4)   # tau_min only matters for group_best
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_grpo_is_textbook_grpo(seed):
     r, fmt, valid, ids = full_batch(seed)

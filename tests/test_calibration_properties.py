@@ -8,7 +8,7 @@ from recal_jax import calibration as cal
 
 U, G, K, D, M = 6, 4, 5, 3, 3
 CALIBRATE = jax.jit(cal.calibrate, static_argnames="config")
-CONFIGS = {name: cal.CalibrationConfig.preset(name, num_datasets=D, min_count=4) for name in cal.PRESET_NAMES}
+CONFIGS = {name: cal.CalibrationConfig.preset(name, num_datasets=D, min_count=4) for name in cal.ALL_PRESET_NAMES}
 CONFIGS["recal_ema_loo"] = cal.CalibrationConfig.preset(
     "recal", num_datasets=D, min_count=4, dataset_stats="ema", baseline="loo")
 UNGATED = ["grpo", "dr_grpo", "gdpo", "recal_no_gate"]
@@ -121,3 +121,23 @@ def test_nan_rewards_act_like_masked_rollouts(seed, name):
     adv_masked, _ = run(r, fmt, valid & ~nan_at, ids, name)
     np.testing.assert_array_equal(adv, adv_masked)
     assert int(diag["num_nan_rollouts"]) == int((nan_at & valid).sum())
+
+
+@given(seeds, st.floats(1e-3, 1.0), st.floats(1e-3, 1.0), st.booleans())
+def test_group_best_gate_contains_the_spec_gate_and_equals_it_on_binary_answers(seed, tau, frac, binary):
+    rng = np.random.default_rng(seed)
+    r = rng.random((U, G, K)).astype(np.float32)
+    if binary:
+        r[..., 1] = rng.random((U, G)) < 0.5
+    fmt = rng.random((U, G)) > 0.2
+    tau_min = frac * tau
+    spec = np.asarray(cal.gate_rewards(r, fmt, tau))
+    best = np.asarray(cal.gate_rewards(r, fmt, tau, "group_best", tau_min))
+    assert np.all(np.isfinite(best))
+    opened = best[..., 3] != 0
+    assert np.all(opened[spec[..., 3] != 0])              # the spec gate's openings stay open
+    assert not np.any(opened & (r[..., 1] < tau_min))     # never below tau_min
+    if binary:
+        np.testing.assert_array_equal(cal.gate_rewards(r, fmt, 1.0, "group_best", tau_min),
+                                      cal.gate_rewards(r, fmt, 1.0))
+    np.testing.assert_array_equal(best[..., :2], spec[..., :2])   # format and answer are not gated by tau

@@ -12,16 +12,21 @@ import pytest
 WEIGHTS = (0.5, 1.0, 0.25, 0.25, 0.1)
 
 
-def ref_gate(r, fmt, tau):
+def ref_gate(r, fmt, tau, mode="threshold", tau_min=0.5):
     out = np.array(r, dtype=np.float64)
     U, G, _ = out.shape
     for u in range(U):
+        threshold = tau
+        if mode == "group_best":
+            answers = [r[u, g, 1] for g in range(G) if fmt[u, g]]
+            best = max(answers) if answers else tau_min
+            threshold = min(max(best, tau_min), tau)
         for g in range(G):
             f = 1.0 if fmt[u, g] else 0.0
             answer = r[u, g, 1]
             out[u, g, 1] = f * answer
             for k in (2, 3, 4):
-                out[u, g, k] = f * (1.0 if answer >= tau else 0.0) * r[u, g, k]
+                out[u, g, k] = f * (1.0 if answer >= threshold else 0.0) * r[u, g, k]
     return out
 
 
@@ -178,7 +183,7 @@ def ref_calibrate(r, fmt, valid, ids, cfg, ema=None):
     valid = np.asarray(valid, bool) & np.all(np.isfinite(r), axis=-1)
     r = np.where(valid[..., None], r, 0.0)
     fmt = np.asarray(fmt, bool) & valid
-    rt = ref_gate(r, fmt, cfg.tau) if cfg.gate else r
+    rt = ref_gate(r, fmt, cfg.tau, cfg.gate_mode, cfg.tau_min) if cfg.gate else r
     w = np.array(cfg.weights)
     if cfg.scalar_reward == "router_r1":
         S = ref_router_r1_scalar(fmt, rt[..., 1], rt[..., 3], cfg.router_r1_alpha)

@@ -36,6 +36,27 @@ def test_gate_matches_reference(seed):
     r, fmt, _, _ = make_batch(seed)
     for tau in (1.0, 0.5):
         np.testing.assert_allclose(cal.gate_rewards(r, fmt, tau), ref_gate(r, fmt, tau), rtol=1e-6)
+        for tau_min in (0.3, tau):
+            got = jax.jit(cal.gate_rewards, static_argnums=(2, 3, 4))(r, fmt, tau, "group_best", tau_min)
+            np.testing.assert_allclose(got, ref_gate(r, fmt, tau, "group_best", tau_min), rtol=1e-6)
+
+
+def test_group_best_gate_by_hand():
+    # answers of one group: 0.8 (format ok), 0.8, 0.6, 0.9 (format broken: not a candidate)
+    r = np.zeros((3, 4, K), np.float32)
+    r[..., 3] = 1.0                                   # route reward 1 everywhere
+    r[0, :, 1] = [0.8, 0.8, 0.6, 0.9]
+    r[1, :, 1] = [0.3, 0.2, 0.0, 0.0]                 # best 0.3 < tau_min: stays shut
+    r[2, :, 1] = [1.0, 0.0, 0.0, 1.0]                 # binary: the spec gate
+    fmt = np.array([[True, True, True, False], [True] * 4, [True, True, True, False]])
+    route = np.asarray(cal.gate_rewards(r, fmt, 1.0, "group_best", 0.5))[..., 3]
+    np.testing.assert_array_equal(route, [[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    spec = np.asarray(cal.gate_rewards(r, fmt, 1.0))[..., 3]
+    np.testing.assert_array_equal(spec, [[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]])
+    with pytest.raises(ValueError, match="tau_min"):
+        cal.gate_rewards(r, fmt, 1.0, "group_best", 0.0)
+    with pytest.raises(ValueError, match="gate mode"):
+        cal.gate_rewards(r, fmt, 1.0, "best")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -171,7 +192,7 @@ def test_router_r1_scalar_reward_matches_reference():
         np.testing.assert_allclose(got, ref_router_r1_scalar(fmt, r[..., 1], r[..., 3], alpha), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", cal.PRESET_NAMES)
+@pytest.mark.parametrize("name", cal.ALL_PRESET_NAMES)
 def test_calibrate_matches_reference_for_every_preset(name):
     cfg = cal.CalibrationConfig.preset(name, num_datasets=D, min_count=4)
     fn = jax.jit(cal.calibrate, static_argnames="config")

@@ -115,7 +115,8 @@ def calibrate(rewards, format_ok, valid, dataset_ids, config: CalibrationConfig,
             route = route_reward_linear(cost, config.cost_ref)
         rewards = rewards.at[..., ROUTE].set(jnp.where(valid, route, 0.0))
 
-    r_tilde = gate_rewards(rewards, format_ok, config.tau) if config.gate else rewards
+    r_tilde = (gate_rewards(rewards, format_ok, config.tau, config.gate_mode, config.tau_min)
+               if config.gate else rewards)
     if config.scalar_reward == "router_r1":
         scalar = router_r1_scalar_reward(format_ok, r_tilde[..., 1], r_tilde[..., ROUTE], config.router_r1_alpha)
     else:

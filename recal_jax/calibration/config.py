@@ -21,6 +21,7 @@ _CHOICES = {
     "reweight": ("none", "variance"),
     "scalar_reward": ("weighted", "router_r1"),
     "route_rule": ("linear", "router_r1"),
+    "gate_mode": ("threshold", "group_best"),
 }
 _BOOLS = ("gate", "decompose", "final_batch_norm")
 
@@ -31,6 +32,9 @@ class CalibrationConfig:
 
     num_datasets: D, static; dataset ids must lie in [0, D).
     gate / tau: stage-1 gating (aux components need format_ok and answer >= tau).
+    gate_mode: 'threshold' (spec: answer >= tau) | 'group_best' (extension, not in the spec:
+        answer >= clip(best answer of the group, tau_min, tau), so that on fractional
+        metrics the best rollouts of a group open the gate; identical on binary answers).
     decompose: per-component advantages A = sum_k w_k A_k, else one pass on S = sum_k w_k r~k.
     baseline: 'mean' | 'loo'.  scale: 'group' | 'dataset' | 'batch' | 'none'.
     dataset_stats: 'batch' | 'ema' (second moment EMA with weight `ema_decay` on the past).
@@ -46,6 +50,8 @@ class CalibrationConfig:
     num_datasets: int = 1
     gate: bool = True
     tau: float = 1.0
+    gate_mode: str = "threshold"
+    tau_min: float = 0.5
     decompose: bool = True
     baseline: str = "mean"
     scale: str = "dataset"
@@ -80,7 +86,7 @@ class CalibrationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CalibrationConfig.{name} must be an int >= 1, got {value!r}")
-        floats = ("tau", "ema_decay", "w_min", "w_max", "kappa", "eps", "router_r1_alpha",
+        floats = ("tau", "tau_min", "ema_decay", "w_min", "w_max", "kappa", "eps", "router_r1_alpha",
                   "freq_decay", "route_q_low", "route_q_high")
         for name in floats:
             value = getattr(self, name)
@@ -113,6 +119,9 @@ class CalibrationConfig:
         if not 0.0 <= self.route_q_low < self.route_q_high <= 1.0:
             raise ValueError(
                 f"CalibrationConfig needs 0 <= route_q_low < route_q_high <= 1, got {self.route_q_low}, {self.route_q_high}")
+        if self.gate_mode == "group_best" and not 0.0 < self.tau_min <= self.tau:
+            raise ValueError(f"CalibrationConfig: gate_mode='group_best' needs 0 < tau_min <= tau, "
+                             f"got tau_min={self.tau_min}, tau={self.tau}")
         if self.scalar_reward == "router_r1" and self.decompose:
             raise ValueError("CalibrationConfig: scalar_reward='router_r1' is a scalar reward; it needs decompose=False")
 
@@ -124,15 +133,15 @@ class CalibrationConfig:
     @classmethod
     def preset(cls, name: str, num_datasets: int = 1, **overrides) -> "CalibrationConfig":
         """A named preset of spec section 6, with optional field overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown calibration preset {name!r}; known: {sorted(PRESETS)}")
+        if name not in ALL_PRESETS:
+            raise ValueError(f"unknown calibration preset {name!r}; known: {sorted(ALL_PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
             raise ValueError(f"unknown CalibrationConfig override(s) {unknown}; fields: {sorted(fields)}")
         if "num_datasets" in overrides:
             raise ValueError("pass num_datasets as preset(name, num_datasets=D), not as an override")
-        return cls(num_datasets=num_datasets, **{**PRESETS[name], **overrides})
+        return cls(num_datasets=num_datasets, **{**ALL_PRESETS[name], **overrides})
 
 
 _SCALAR_GRPO = dict(gate=False, decompose=False, baseline="mean", scale="group", reweight="none")
@@ -150,3 +159,14 @@ PRESETS: dict[str, dict] = {
     "recal_no_gate": dict(gate=False),
 }
 PRESET_NAMES = tuple(PRESETS)
+
+# Beyond the spec's public presets: variants this project found worth a name.
+# recal_group_gate: the gate opens for a group's best answers on metrics that never reach tau
+# (dcrouter's commongen scores are 98% fractional and never 1.0, so the spec gate keeps its
+# route/info/balance rewards shut for good).
+EXTENSION_PRESETS: dict[str, dict] = {
+    "recal_group_gate": dict(gate_mode="group_best"),
+}
+EXTENSION_PRESET_NAMES = tuple(EXTENSION_PRESETS)
+ALL_PRESETS: dict[str, dict] = {**PRESETS, **EXTENSION_PRESETS}
+ALL_PRESET_NAMES = tuple(ALL_PRESETS)

@@ -5,20 +5,40 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
-def gate_rewards(rewards_ugk, format_ok_ug, tau: float = 1.0):
+def gate_rewards(rewards_ugk, format_ok_ug, tau: float = 1.0, mode: str = "threshold",
+                 tau_min: float = 0.5):
     """Gated components r~ (spec 4), f32[U,G,K].
 
     r~format = r_format; r~answer = format_ok * r_answer;
-    r~aux = format_ok * [r_answer >= tau] * r_aux for aux in (info, route, balance).
+    r~aux = format_ok * [r_answer >= tau_u] * r_aux for aux in (info, route, balance), where
+    - mode 'threshold' (spec): tau_u = tau for every group;
+    - mode 'group_best' (extension): tau_u = clip(best_u, tau_min, tau), best_u the highest
+      answer among the group's format-valid rollouts. The aux rewards then also open for the
+      best answers of a group on a fractional metric that never reaches tau (never for an
+      answer below tau_min). On binary answers with tau = 1 and 0 < tau_min <= 1 this is
+      exactly the spec gate.
+    Rollouts that are not valid must come with format_ok False (calibrate does this).
     """
     rewards_ugk = jnp.asarray(rewards_ugk, jnp.float32)
     fmt = jnp.asarray(format_ok_ug, bool)
     answer = rewards_ugk[..., 1]
-    aux_open = fmt & (answer >= tau)
+    aux_open = fmt & (answer >= group_gate_threshold(answer, fmt, tau, mode, tau_min))
     gate_ugk = jnp.stack(
         [jnp.ones_like(fmt), fmt, aux_open, aux_open, aux_open], axis=-1
     )
     return jnp.where(gate_ugk, rewards_ugk, 0.0)
+
+
+def group_gate_threshold(answer_ug, format_ok_ug, tau: float, mode: str, tau_min: float):
+    """tau_u of `gate_rewards`, f32[U,1] (mode 'group_best') or a scalar (mode 'threshold')."""
+    if mode == "threshold":
+        return jnp.float32(tau)
+    if mode != "group_best":
+        raise ValueError(f"gate mode must be 'threshold' or 'group_best', got {mode!r}")
+    if not 0.0 < tau_min <= tau:
+        raise ValueError(f"gate mode 'group_best' needs 0 < tau_min <= tau, got tau_min={tau_min}, tau={tau}")
+    best_u1 = jnp.max(jnp.where(format_ok_ug, answer_ug, -jnp.inf), axis=1, keepdims=True)
+    return jnp.clip(best_u1, tau_min, tau)
 
 
 def weighted_sum(rewards_ugk, weights):
