@@ -60,9 +60,12 @@ def test_extension_presets_are_recal_with_one_change():
     assert not set(cal.EXTENSION_PRESET_NAMES) & set(cal.PRESET_NAMES)
     assert cal.ALL_PRESET_NAMES == cal.PRESET_NAMES + cal.EXTENSION_PRESET_NAMES
     recal = cal.CalibrationConfig.preset("recal", num_datasets=3)
-    group_gate = cal.CalibrationConfig.preset("recal_group_gate", num_datasets=3)
-    assert dataclasses.replace(recal, gate_mode="group_best") == group_gate
-    assert recal.gate_mode == "threshold" and group_gate.tau_min == 0.5
+    changes = {"recal_group_gate": ("gate_mode", "group_best"), "recal_ema": ("dataset_stats", "ema")}
+    assert set(changes) == set(cal.EXTENSION_PRESET_NAMES)
+    for name, (field, value) in changes.items():
+        assert getattr(recal, field) != value, name
+        assert cal.CalibrationConfig.preset(name, num_datasets=3) == dataclasses.replace(recal, **{field: value}), name
+    assert recal.gate_mode == "threshold" and recal.tau_min == 0.5
 
 
 @pytest.mark.parametrize("bad, match", [

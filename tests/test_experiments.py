@@ -82,7 +82,7 @@ def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # dcrouter_cost: 3 presets x 4 route weights x 3 seeds; the 9 at each preset's own route
     # weight (0.25) are the dcrouter grid's plain runs (checked below).
-    sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36, "dcrouter_gate": 3}
+    sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36, "dcrouter_ext": 6}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
@@ -101,11 +101,11 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
             dcrouter = {r.key for r in run_grid.expand_grid(run_grid.load_config_file(
                 ROOT / "experiments" / "grid_configs" / "dcrouter.py"))}
             assert len({r.key for r in runs} & dcrouter) == 9
-        if name == "dcrouter_gate":  # the same sizes as dcrouter, so its SFT starts are shared
+        if name == "dcrouter_ext":  # the same sizes as dcrouter, so its SFT starts are shared
             dcrouter_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / "dcrouter.py")
             dcrouter_sft = run_grid.build_run_config(dcrouter_grid, jobs[0], tmp_path)
             assert sft.to_json(sort_keys=True) == dcrouter_sft.to_json(sort_keys=True)
-            assert {r.preset for r in runs} == {"recal_group_gate"}
+            assert {r.preset for r in runs} == {"recal_group_gate", "recal_ema"}
         if name == "synthetic":  # lookup has 100 distinct questions, commonsense 60
             assert sft.synthetic.n_test_per_family < 60
     with pytest.raises(ValueError, match="results_dir"):

@@ -160,12 +160,15 @@ PRESETS: dict[str, dict] = {
 }
 PRESET_NAMES = tuple(PRESETS)
 
-# Beyond the spec's public presets: variants this project found worth a name.
+# Beyond the spec's public presets: variants of recal this project found worth a name.
 # recal_group_gate: the gate opens for a group's best answers on metrics that never reach tau
-# (dcrouter's commongen scores are 98% fractional and never 1.0, so the spec gate keeps its
-# route/info/balance rewards shut for good).
+#   (dcrouter's commongen scores are 98% fractional and never 1.0, so the spec gate keeps its
+#   route/info/balance rewards shut for good).
+# recal_ema: dataset scales from the EMA statistics (spec 5(b)), for batches where most
+#   datasets have too few rollouts for a per-batch scale.
 EXTENSION_PRESETS: dict[str, dict] = {
     "recal_group_gate": dict(gate_mode="group_best"),
+    "recal_ema": dict(dataset_stats="ema"),
 }
 EXTENSION_PRESET_NAMES = tuple(EXTENSION_PRESETS)
 ALL_PRESETS: dict[str, dict] = {**PRESETS, **EXTENSION_PRESETS}
