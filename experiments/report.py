@@ -192,8 +192,11 @@ def _commands(suite_dir: pathlib.Path) -> list[str]:
 
 
 def _curves(runs: list[RunResult]) -> dict[str, tuple[list[int], list[float]]]:
+    """Training curves of the plain preset rows (the route-weight sweep has its own plot)."""
     curves = {}
     for key, members in group_runs(runs).items():
+        if key[1] is not None:
+            continue
         per_run = [{row["step"]: row["reward/answer"] for row in r.train_rows
                     if row.get("reward/answer") is not None} for r in members]
         steps, values = grid_stats.mean_curve(per_run)
@@ -207,7 +210,8 @@ def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) 
     commands = _commands(results_dir / suite)
     agg["commands"] = commands
     plots = {"accuracy_vs_cost": f"{suite}-accuracy_vs_cost.png"}
-    report_plots.accuracy_vs_cost(agg["rows"], agg["references"], results_dir / plots["accuracy_vs_cost"], suite)
+    plain_rows = [row for row in agg["rows"] if row["route_weight"] is None]  # sweep rows: the pareto plot
+    report_plots.accuracy_vs_cost(plain_rows, agg["references"], results_dir / plots["accuracy_vs_cost"], suite)
     if any(row["route_weight"] is not None for row in agg["rows"]):
         plots["pareto"] = f"{suite}-pareto_route_weight.png"
         report_plots.pareto_fronts(agg["rows"], agg["references"], results_dir / plots["pareto"], suite)

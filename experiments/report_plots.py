@@ -22,19 +22,30 @@ def _finish(fig, ax, path: pathlib.Path, title: str, xlabel: str, ylabel: str) -
     return path
 
 
+def _colors(n: int) -> list:
+    """n distinct colours (tab10 up to 10 series, tab20 up to 20, then a continuous map)."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)]
+    return [plt.get_cmap("viridis")(i / (n - 1)) for i in range(n)]
+
+
 def accuracy_vs_cost(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str) -> pathlib.Path:
     """rows: aggregated policy rows (label, cost_per_query, accuracy, ci95_half); references:
-    label -> {cost_per_query, accuracy}. Policies get CI bars, references are grey points."""
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    for row in rows:
+    label -> {cost_per_query, accuracy}. Policies get CI bars and a legend entry each,
+    references are grey labelled points."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for row, color in zip(rows, _colors(len(rows))):
         yerr = row["ci95_half"] if row["ci95_half"] is not None else 0.0
-        ax.errorbar([row["cost_per_query"]], [row["accuracy"]], yerr=[yerr], fmt="o", capsize=3, zorder=3)
-        ax.annotate(row["label"], (row["cost_per_query"], row["accuracy"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.errorbar([row["cost_per_query"]], [row["accuracy"]], yerr=[yerr], fmt="o", capsize=3, zorder=3,
+                    color=color, label=row["label"])
     for label, ref in references.items():
         ax.scatter([ref["cost_per_query"]], [ref["accuracy"]], color="grey", marker="s", s=18, zorder=2)
         ax.annotate(label, (ref["cost_per_query"], ref["accuracy"]), fontsize=6, color="grey",
                     xytext=(3, -8), textcoords="offset points")
+    if rows:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _finish(fig, ax, pathlib.Path(path), f"{suite}: test accuracy against cost (95% CI over seeds)",
                    "cost per query (USD)", "test accuracy")
 
@@ -64,12 +75,22 @@ def pareto_fronts(rows: Sequence[Mapping], references: Mapping[str, Mapping], pa
                    "cost per query (USD)", "test accuracy")
 
 
-def training_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path, suite: str) -> pathlib.Path:
-    """curves: row label -> (steps, mean over seeds of reward/answer)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for label, (steps, values) in curves.items():
-        ax.plot(steps, values, label=label)
+def trailing_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of each value and the (window - 1) before it (fewer at the start)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
+def training_curves(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path, suite: str,
+                    window: int = 5) -> pathlib.Path:
+    """curves: row label -> (steps, mean over seeds of reward/answer), drawn as a trailing mean
+    over `window` logged steps: every preset of a seed sees the same batches, so the raw curves
+    share a batch-difficulty zigzag that hides the differences between presets."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for (label, (steps, values)), color in zip(curves.items(), _colors(len(curves))):
+        ax.plot(steps, trailing_mean(list(values), window), label=label, color=color)
     if curves:
-        ax.legend(fontsize=7)
-    return _finish(fig, ax, pathlib.Path(path), f"{suite}: training answer reward (mean over seeds)",
-                   "GRPO step", "reward/answer")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    title = f"{suite}: training answer reward (mean over seeds, trailing mean of {window} steps)"
+    return _finish(fig, ax, pathlib.Path(path), title, "GRPO step", "reward/answer")

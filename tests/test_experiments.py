@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import grid_layout  # noqa: E402
 import grid_stats  # noqa: E402
 import report  # noqa: E402
+import report_plots  # noqa: E402
 import run_grid  # noqa: E402
 from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
 
@@ -463,6 +464,16 @@ def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):
     numbers = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]
     assert (tmp_path / numbers["plots"]["pareto"]).stat().st_size > 0
     assert [r["route_weight_used"] for r in numbers["rows"]] == [0.0, 0.5, 1.0]
+    assert "training_curves" not in numbers["plots"]  # sweep rows are drawn on the pareto plot only
+    assert (tmp_path / numbers["plots"]["accuracy_vs_cost"]).stat().st_size > 0  # references alone
+
+
+def test_trailing_mean_by_hand():
+    assert report_plots.trailing_mean([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    assert report_plots.trailing_mean([4.0, 2.0, 6.0], 5) == [4.0, 3.0, 4.0]
+    assert report_plots.trailing_mean([], 3) == []
+    with pytest.raises(ValueError, match="window"):
+        report_plots.trailing_mean([1.0], 0)
 
 
 def test_report_puts_the_plain_run_on_the_front_at_its_own_route_weight(tmp_path):
