@@ -8,6 +8,8 @@ Each run goes to `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/` and runs in i
 subprocess (experiments/grid_worker.py), so a crash or a memory blow-up ends that run only;
 the grid logs it and goes on. A run whose summary.json exists is skipped; a run with a
 checkpoint resumes from it. The command line is appended to `<results_dir>/<suite>/command.txt`.
+A grid with `grid.tag` (e.g. longer training of presets that the main grid also runs) puts its
+runs and its SFT jobs in `<results_dir>/<suite>-<tag>/` instead, so names never collide.
 
 With `grid.share_sft` (default True) the SFT warm start, which does not depend on the
 calibration preset, runs once per (suite, seed) as the job `<suite>/_sft-s<seed>` (the base
@@ -25,6 +27,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -55,26 +58,42 @@ class GridRun:
     seed: int
     route_weight: float | None = None
     sft_only: bool = False  # the shared SFT warm start of (suite, seed): no preset, no GRPO
+    tag: str = ""  # grid.tag: the runs live in '<suite>-<tag>/', apart from the suite's main grid
 
     @property
     def name(self) -> str:
         return sft_run_name(self.seed) if self.sft_only else run_name(self.preset, self.seed, self.route_weight)
 
     @property
+    def directory(self) -> str:
+        """The run's directory under the results root: the suite, or '<suite>-<tag>'."""
+        return f"{self.suite}-{self.tag}" if self.tag else self.suite
+
+    @property
     def key(self) -> str:
-        return f"{self.suite}/{self.name}"
+        return f"{self.directory}/{self.name}"
 
     def path(self, results_dir) -> pathlib.Path:
-        return pathlib.Path(results_dir) / self.suite / self.name
+        return pathlib.Path(results_dir) / self.directory / self.name
 
     def is_finished(self, results_dir) -> bool:
         path = self.path(results_dir)
         return is_exported(path) if self.sft_only else is_done(path)
 
 
-def sft_job(suite: str, seed: int) -> GridRun:
-    """The shared SFT job of (suite, seed)."""
-    return GridRun(str(suite), "", int(seed), None, sft_only=True)
+def sft_job(suite: str, seed: int, tag: str = "") -> GridRun:
+    """The shared SFT job of (suite, seed) in the grid of `tag`."""
+    return GridRun(str(suite), "", int(seed), None, sft_only=True, tag=tag)
+
+
+def grid_tag(grid) -> str:
+    """grid.tag (default ''): a grid whose runs would share names with another grid's (the same
+    presets and seeds under other sizes) sets a tag, and its runs and SFT jobs live in
+    '<suite>-<tag>/'; RESULTS.md gives that directory its own section."""
+    tag = grid.get("tag", "")
+    if not isinstance(tag, str) or not re.fullmatch(r"[A-Za-z0-9_]*", tag):
+        raise ValueError(f"grid.tag must be letters, digits and underscores (or empty), got {tag!r}")
+    return tag
 
 
 def share_sft(grid) -> bool:
@@ -111,7 +130,8 @@ def expand_grid(grid) -> list[GridRun]:
         if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
                               or not math.isfinite(w) or w < 0):
             raise ValueError(f"grid.route_weights must be finite numbers >= 0, got {w!r}")
-    runs = [GridRun(str(suite), str(preset), int(seed), sweep_weight(str(preset), w))
+    tag = grid_tag(grid)
+    runs = [GridRun(str(suite), str(preset), int(seed), sweep_weight(str(preset), w), tag=tag)
             for suite in suites for preset in presets for w in weights for seed in seeds]
     return list(dict.fromkeys(runs))
 
@@ -136,7 +156,7 @@ def plan_jobs(grid, results_dir, only: str = "") -> list[GridRun]:
     jobs = []
     for suite in dict.fromkeys(str(s) for s in _tuple(grid.suites, "suites")):
         for seed in dict.fromkeys(int(s) for s in _tuple(grid.seeds, "seeds")):
-            job = sft_job(suite, seed)
+            job = sft_job(suite, seed, grid_tag(grid))
             if (suite, seed) in needed or (not runs and only in job.key):
                 jobs.append(job)
         jobs += [r for r in runs if r.suite == suite]
@@ -204,7 +224,7 @@ def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.Con
     if share_sft(grid):
         if results_dir is None:
             raise ValueError("build_run_config: grid.share_sft needs results_dir (where the SFT jobs live)")
-        start = export_path(sft_job(run.suite, run.seed).path(pathlib.Path(results_dir).resolve()))
+        start = export_path(sft_job(run.suite, run.seed, run.tag).path(pathlib.Path(results_dir).resolve()))
         apply_overrides(config, {"model.pretrained_path": str(start), "sft.steps": 0})
     config.calibration.preset = run.preset
     if run.route_weight is not None:
@@ -285,7 +305,7 @@ def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, comman
             echo(f"{head}: skipped ({'export/config.json' if run.sft_only else SUMMARY} exists)")
             out.append({"run": run.key, "path": str(path), "status": "done"})
             continue
-        start = sft_job(run.suite, run.seed)
+        start = sft_job(run.suite, run.seed, run.tag)
         if shared and not run.sft_only and not start.is_finished(results_dir):
             echo(f"{head}: FAILED, not started (its SFT job {start.key} has no export)")
             out.append({"run": run.key, "path": str(path), "status": "failed", "seconds": 0.0})

@@ -83,7 +83,8 @@ def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # dcrouter_cost: 3 presets x 4 route weights x 3 seeds; the 9 at each preset's own route
     # weight (0.25) are the dcrouter grid's plain runs (checked below).
-    sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36, "dcrouter_ext": 6}
+    sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36, "dcrouter_ext": 6,
+             "dcrouter_long": 9}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
@@ -93,8 +94,8 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
         assert [j.name for j in jobs[:3]] == ["_sft-s0", "_sft-s1", "_sft-s2"] and jobs[3:] == runs, name
         config = run_grid.build_run_config(grid, runs[-1], tmp_path)
         assert config.calibration.preset == runs[-1].preset
-        assert config.model.pretrained_path == str(tmp_path.resolve() / config.suite / f"_sft-s{runs[-1].seed}"
-                                                   / "export")
+        assert config.model.pretrained_path == str(tmp_path.resolve() / runs[-1].directory
+                                                   / f"_sft-s{runs[-1].seed}" / "export")
         assert config.sft.steps == 0 and config.eval.after_sft
         sft = run_grid.build_run_config(grid, jobs[0], tmp_path)
         assert sft.sft.steps > 0 and sft.grpo.steps == 0 and not sft.eval.after_sft
@@ -107,6 +108,8 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
             dcrouter_sft = run_grid.build_run_config(dcrouter_grid, jobs[0], tmp_path)
             assert sft.to_json(sort_keys=True) == dcrouter_sft.to_json(sort_keys=True)
             assert {r.preset for r in runs} == {"recal_group_gate", "recal_ema"}
+        if name == "dcrouter_long":  # its own directory: the same preset names as dcrouter's runs
+            assert {r.directory for r in jobs} == {"dcrouter-long"} and config.grpo.steps == 100
         if name == "synthetic":  # lookup has 100 distinct questions, commonsense 60
             assert sft.synthetic.n_test_per_family < 60
     with pytest.raises(ValueError, match="results_dir"):
@@ -114,6 +117,23 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     assert run_grid.share_sft(ml_collections.ConfigDict({"suites": ("synthetic",)}))  # default: shared
     with pytest.raises(ValueError, match="share_sft"):
         run_grid.plan_jobs(_grid(share_sft="yes"), tmp_path)
+
+
+def test_grid_tag_puts_runs_and_sft_jobs_in_their_own_directory(tmp_path):
+    grid = _grid(presets=("recal",), seeds=(0,), share_sft=True)
+    grid.tag = "long"
+    jobs = run_grid.plan_jobs(grid, tmp_path)
+    assert [j.key for j in jobs] == ["synthetic-long/_sft-s0", "synthetic-long/recal-s0"]
+    assert jobs[1].path(tmp_path) == tmp_path / "synthetic-long" / "recal-s0"
+    config = run_grid.build_run_config(grid, jobs[1], tmp_path)
+    assert config.suite == "synthetic"
+    assert config.model.pretrained_path == str(tmp_path.resolve() / "synthetic-long" / "_sft-s0" / "export")
+    assert run_grid.expand_grid(_grid(presets=("recal",), seeds=(0,)))[0].key == "synthetic/recal-s0"
+    for bad in ("a/b", "x y", 3):
+        bad_grid = _grid(presets=("recal",), seeds=(0,))
+        bad_grid.tag = bad
+        with pytest.raises(ValueError, match="grid.tag"):
+            run_grid.expand_grid(bad_grid)
 
 
 def test_build_run_config_applies_overrides_preset_seed_and_route_weight():
