@@ -153,10 +153,10 @@ def plan_jobs(grid, results_dir, only: str = "") -> list[GridRun]:
     if not share_sft(grid):
         return runs
     needed = {(r.suite, r.seed) for r in runs if not r.is_finished(results_dir)}
-    jobs = []
+    jobs, tag = [], grid_tag(grid)
     for suite in dict.fromkeys(str(s) for s in _tuple(grid.suites, "suites")):
         for seed in dict.fromkeys(int(s) for s in _tuple(grid.seeds, "seeds")):
-            job = sft_job(suite, seed, grid_tag(grid))
+            job = sft_job(suite, seed, tag)
             if (suite, seed) in needed or (not runs and only in job.key):
                 jobs.append(job)
         jobs += [r for r in runs if r.suite == suite]

@@ -14,7 +14,8 @@ from recal_jax.calibration.routing_rewards import (
 from recal_jax.calibration.state import CalibrationState, init_state
 
 __all__ = [
-    "ALL_PRESET_NAMES", "COMPONENTS", "DEFAULT_WEIGHTS", "EXTENSION_PRESET_NAMES", "PRESET_NAMES", "PRESETS", "CalibrationConfig", "CalibrationState",
+    "ALL_PRESET_NAMES", "COMPONENTS", "DEFAULT_WEIGHTS", "EXTENSION_PRESET_NAMES", "PRESET_NAMES", "PRESETS",
+    "CalibrationConfig", "CalibrationState",
     "RouteWindow", "balance_reward", "batch_normalize", "batch_scale", "batch_std", "calibrate",
     "dataset_moments", "dataset_scale", "dataset_scale_ema", "ema_frequencies", "gate_rewards",
     "group_advantages", "group_std", "init_route_window", "init_state", "route_reward_linear",

@@ -132,7 +132,7 @@ class CalibrationConfig:
 
     @classmethod
     def preset(cls, name: str, num_datasets: int = 1, **overrides) -> "CalibrationConfig":
-        """A named preset of spec section 6, with optional field overrides."""
+        """A named preset (spec section 6, or one of EXTENSION_PRESETS), with optional field overrides."""
         if name not in ALL_PRESETS:
             raise ValueError(f"unknown calibration preset {name!r}; known: {sorted(ALL_PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
