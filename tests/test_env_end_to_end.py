@@ -7,7 +7,7 @@ from recal_jax.data import make_synthetic
 from recal_jax.models.tokenizer import protocol_special_tokens, train_bpe
 from recal_jax.rollout.engine import RolloutEngine
 from recal_jax.routing.pools import ReplayPool
-from recal_jax.training.rollouts import Scorer
+from recal_jax.rollout.runner import Scorer
 from tests.test_engine import Scripted
 
 

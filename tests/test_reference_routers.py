@@ -2,7 +2,7 @@
 import pytest
 
 from recal_jax.data.schema import ModelInfo, RoutingLog, RoutingRecord
-from recal_jax.training.reference_routers import reference_routers
+from recal_jax.evaluation.reference_routers import reference_routers
 
 
 def _log():

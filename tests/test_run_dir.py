@@ -3,8 +3,8 @@ import math
 
 import numpy as np
 
-from recal_jax.training.pipeline import stability
-from recal_jax.training.run_dir import RunDir, flatten_metrics
+from recal_jax.evaluation.stability import stability
+from recal_jax.evaluation.run_dir import RunDir, flatten_metrics
 
 
 def test_flatten_metrics_nests_and_expands_arrays():

@@ -16,6 +16,7 @@ import numpy as np
 
 from recal_jax.data.schema import PROTOCOLS, RoutingRecord
 from recal_jax.routing.pools.base import Pool, PoolReply, call_many_sync, error_reply
+from recal_jax.rollout.sampler import SamplingOptions
 from recal_jax.routing.protocol import INFO_CLOSE, INFO_OPEN, parse, parse_call, sanitize_reply
 
 SEARCH_CLOSE, ANSWER_CLOSE = "</search>", "</answer>"
@@ -98,9 +99,6 @@ class RolloutEngine:
         max_turns: int = 4,
         max_new_tokens_per_turn: int = 256,
         max_total_tokens: int = 1024,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        greedy: bool = False,
         max_info_tokens: int | None = None,
         prompt_pad_multiple: int = 1,
         row_pad_multiple: int = 1,
@@ -127,7 +125,6 @@ class RolloutEngine:
         self.max_turns = int(max_turns)
         self.max_new_tokens_per_turn = int(max_new_tokens_per_turn)
         self.max_total_tokens = int(max_total_tokens)
-        self.sample_kwargs = {"temperature": float(temperature), "top_p": float(top_p), "greedy": bool(greedy)}
         self.max_info_tokens = max_info_tokens
         self.prompt_pad_multiple = int(prompt_pad_multiple)
         self.row_pad_multiple = int(row_pad_multiple)
@@ -163,11 +160,12 @@ class RolloutEngine:
                 mask[i, p - len(s):] = True
         return tokens, mask
 
-    def _generate(self, seqs, key, max_new: int, num_samples: int):
+    def _generate(self, seqs, key, max_new: int, num_samples: int, sampling: SamplingOptions, weights):
         tokens, mask = self._left_pad(seqs)
+        extra = {} if weights is None else {"weights": weights}
         out = self.generate_fn(
             tokens, mask, key, max_new_tokens=max_new, stop_sequences=self.stop_sequences,
-            num_samples=num_samples, **self.sample_kwargs,
+            num_samples=num_samples, **sampling.as_kwargs(), **extra,
         )
         toks, logps, lens = (np.asarray(x) for x in (out.tokens_bn, out.logprobs_bn, out.lengths_b))
         rows = len(seqs) * num_samples
@@ -265,11 +263,16 @@ class RolloutEngine:
         num_samples: int,
         key: jax.Array,
         *,
+        sampling: SamplingOptions = SamplingOptions(),
         seq_len: int | None = None,
+        weights: Any = None,
     ) -> RolloutBatch:
         """Roll out `num_samples` (G) samples of each of the U prompts (text, or token ids
         with the chat template already applied). T = seq_len, default max prompt length +
-        max_total_tokens."""
+        max_total_tokens. `sampling` applies to every generation round of this call
+        (greedy: the same rollouts for every key). `weights`, when given, is passed
+        unchanged to `generate_fn` (the policy's parameters for this call; the engine never
+        looks inside)."""
         if len(records) != len(prompts) or not records:
             raise ValueError(f"need as many records as prompts (> 0), got {len(records)} and {len(prompts)}")
         if int(num_samples) < 1:
@@ -282,7 +285,7 @@ class RolloutEngine:
 
         key, sub = jax.random.split(key)
         max_new = min(self.max_new_tokens_per_turn, self.max_total_tokens)
-        toks, logps, lens = self._generate(prompt_ids, sub, max_new, g_count)
+        toks, logps, lens = self._generate(prompt_ids, sub, max_new, g_count, sampling, weights)
         active = list(range(len(rows)))
         while active:
             pending: list[int] = []
@@ -317,7 +320,8 @@ class RolloutEngine:
             seqs = [rows[b].prompt + rows[b].ids for b in active]
             seqs += [seqs[-1]] * (-len(seqs) % self.row_pad_multiple)
             key, sub = jax.random.split(key)
-            toks, logps, lens = self._generate(seqs, sub, min(self.max_new_tokens_per_turn, remaining), 1)
+            toks, logps, lens = self._generate(seqs, sub, min(self.max_new_tokens_per_turn, remaining), 1,
+                                               sampling, weights)
         return self._assemble(rows, g_count, seq_len)
 
     def _assemble(self, rows: list[_Row], g_count: int, seq_len: int | None) -> RolloutBatch:

@@ -11,6 +11,7 @@ scratch (no cache is carried between calls).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -24,6 +25,30 @@ from flax import nnx
 PROMPT_BUCKET = 16
 STOP_BUCKET = 4
 _TRACES = [0]  # traces of `_sample_loop`, shared by all samplers (same graphdef = same cache)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """How tokens are picked, passed to every `run` / `sample` call (never stored on an
+    engine). `greedy` takes the argmax (temperature and top_p are then ignored); otherwise
+    logits / temperature, nucleus filtering with top_p, and a categorical draw."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if not self.greedy and not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"sampling temperature must be finite and > 0 (or greedy=True), "
+                             f"got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"sampling top_p must be in (0, 1], got {self.top_p!r}")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"temperature": float(self.temperature), "top_p": float(self.top_p), "greedy": bool(self.greedy)}
+
+
+GREEDY = SamplingOptions(greedy=True)
 
 
 class SampleOutput(NamedTuple):
@@ -104,8 +129,8 @@ class Sampler:
 
     def sample(self, prompt_tokens_up, prompt_mask_up, key, *, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-               stop_sequences: Sequence[Sequence[int]] = (), num_samples: int = 1
-               ) -> SampleOutput:
+               stop_sequences: Sequence[Sequence[int]] = (), num_samples: int = 1,
+               weights: Any = None) -> SampleOutput:
         """Generate `max_new_tokens` at most for each of U*G rows (row u*G + g = sample g of
         prompt u).
 
@@ -119,7 +144,9 @@ class Sampler:
         logprobs_bn is log_softmax(logits) at the sampled token, i.e. under the UNTEMPERED,
         untruncated policy (temperature 1, top_p 1): the exact behaviour-policy logprob when
         temperature == 1 and top_p == 1 (the GRPO setting), and the current policy's
-        temperature-1 logprob otherwise. Deterministic for a given `key`.
+        temperature-1 logprob otherwise. Deterministic for a given `key`; with `greedy` the
+        same for every key. `weights` (an nnx.State of the same graph) samples from those
+        weights for this call only; default: the sampler's own (`update_weights`).
         """
         tokens_up = np.asarray(prompt_tokens_up)
         mask_up = np.asarray(prompt_mask_up)
@@ -128,7 +155,7 @@ class Sampler:
         stop_sl, stop_len_s = _stop_array(stop_sequences, self.vocab_size)
         traces_before = _TRACES[0]
         tokens_bn, logprobs_bn, lengths_b = _sample_loop(
-            self._graphdef, self._state, jnp.asarray(tokens_up), jnp.asarray(mask_up), key,
+            self._graphdef, self._state if weights is None else weights, jnp.asarray(tokens_up), jnp.asarray(mask_up), key,
             jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p),
             jnp.asarray(stop_sl), jnp.asarray(stop_len_s), jnp.int32(self.pad_id),
             jnp.int32(self.eos_id), max_new_tokens=int(max_new_tokens), greedy=bool(greedy),

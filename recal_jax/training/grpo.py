@@ -14,7 +14,8 @@ from recal_jax.calibration import COMPONENTS, CalibrationConfig, calibrate
 from recal_jax.data.schema import RoutingRecord
 from recal_jax.rollout.engine import RolloutBatch
 from recal_jax.routing.rewards import RewardBatch
-from recal_jax.training.rollouts import RolloutRunner, dataset_ids
+from recal_jax.rollout.runner import RolloutRunner, dataset_ids
+from recal_jax.rollout.sampler import SamplingOptions
 from recal_jax.training.train_state import TrainState
 
 calibrate_jit = jax.jit(calibrate, static_argnames=("config",))
@@ -31,7 +32,7 @@ class GRPOIteration:
     group_size: int
     updates_per_batch: int = 1
     recompute_old_logprobs: bool = True
-    temperature: float = 1.0
+    sampling: SamplingOptions = SamplingOptions()
     length_bucket: int = 32
 
     def __call__(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
@@ -39,7 +40,8 @@ class GRPOIteration:
         state, key = state.next_rng()
         calib_state = state.calib_state
         rollout, rewards = self.runner.run(
-            state.params, records, self.group_size, key, freq_m=np.asarray(calib_state.freq),
+            state.params, records, self.group_size, key, sampling=self.sampling,
+            freq_m=np.asarray(calib_state.freq),
             route_window=calib_state.route_window,
         )
         t_rollout = time.perf_counter() - t0

@@ -24,19 +24,20 @@ from recal_jax.calibration import CalibrationConfig, init_state
 from recal_jax.data import stratified_batches
 from recal_jax.models import save_pretrained
 from recal_jax.rollout.engine import RolloutEngine
-from recal_jax.rollout.sampler import Sampler
+from recal_jax.rollout.sampler import GREEDY, Sampler, SamplingOptions
 from recal_jax.routing.pools import call_many_sync
 from recal_jax.routing.rewards import default_cost_ref
 from recal_jax.training import builders
 from recal_jax.training.checkpoint import Checkpointer
-from recal_jax.training.evaluate import evaluate_policy, results_table, route_summary
+from recal_jax.evaluation.evaluate import evaluate_policy, results_table, route_summary
 from recal_jax.training.grpo import GRPOIteration
 from recal_jax.training.mesh import make_mesh
 from recal_jax.training.optim import OptimConfig, make_optimizer
-from recal_jax.training.plots import plot_accuracy_vs_cost, plot_training_curves
-from recal_jax.training.reference_routers import reference_routers
-from recal_jax.training.rollouts import RolloutRunner, Scorer
-from recal_jax.training.run_dir import RunDir
+from recal_jax.evaluation.plots import plot_accuracy_vs_cost, plot_training_curves
+from recal_jax.evaluation.reference_routers import reference_routers
+from recal_jax.rollout.runner import RolloutRunner, Scorer
+from recal_jax.evaluation.run_dir import RunDir
+from recal_jax.evaluation.stability import stability
 from recal_jax.training.sft import run_sft
 from recal_jax.training.sft_data import build_demonstrations
 from recal_jax.training.train_state import TrainState
@@ -118,12 +119,11 @@ def build(config, workdir) -> Run:
         engine = RolloutEngine(
             sampler.sample, tokenizer, builders.build_pool(config, lg), protocol=lg.protocol,
             max_turns=g.max_turns, max_new_tokens_per_turn=g.max_new_tokens_per_turn,
-            max_total_tokens=g.max_total_tokens, temperature=g.temperature, top_p=g.top_p,
-            max_info_tokens=g.max_info_tokens,
+            max_total_tokens=g.max_total_tokens, max_info_tokens=g.max_info_tokens,
             row_pad_multiple=g.instances_per_step * g.group_size if name == "train" else config.eval.batch_size,
         )
         scorer = Scorer(lg, config.reward.answer_metric, cost_ref, config.reward.route_rule)
-        runners[name] = RolloutRunner(sampler, engine, scorer, prompts[name], seq_len)
+        runners[name] = RolloutRunner(engine, scorer, prompts[name], seq_len)
     calibration = calibration_config(config, len(suite.train.datasets), cost_ref)
     return Run(config, run_dir, suite, tokenizer, model, model_config, mesh, runners["train"],
                runners["test"], calibration, seq_len)
@@ -141,9 +141,18 @@ def _demonstrations(run: Run):
     )
 
 
+def train_sampling(config) -> SamplingOptions:
+    return SamplingOptions(temperature=config.grpo.temperature, top_p=config.grpo.top_p)
+
+
+def eval_sampling(config) -> SamplingOptions:
+    """eval.greedy (the default, spec section 10): argmax decoding; otherwise GRPO's sampling."""
+    return GREEDY if config.eval.greedy else train_sampling(config)
+
+
 def _evaluate(run: Run, params, calib_state, key) -> dict:
     return evaluate_policy(run.test_runner, params, run.suite.test, key, freq_m=np.asarray(calib_state.freq),
-                           batch_size=run.config.eval.batch_size, greedy=run.config.eval.greedy)
+                           batch_size=run.config.eval.batch_size, sampling=eval_sampling(run.config))
 
 
 def train_and_evaluate(config, workdir, *, progress: bool = True) -> dict:
@@ -229,7 +238,7 @@ def _grpo(run: Run, state: TrainState, optimizer, ckpt: Checkpointer, progress: 
         run.mesh, num_microbatches=g.microbatches)
     logprobs = jax.jit(functools.partial(compute_logprobs, state.graphdef))
     iteration = GRPOIteration(run.train_runner, run.calibration, train_step, logprobs, g.group_size,
-                              g.updates_per_batch, g.recompute_old_logprobs, g.temperature)
+                              g.updates_per_batch, g.recompute_old_logprobs, train_sampling(c))
     start = int(state.data_position)
     batches = stratified_batches(run.suite.train, g.instances_per_step, np.random.default_rng(c.seed))
     batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
@@ -253,25 +262,6 @@ def _grpo(run: Run, state: TrainState, optimizer, ckpt: Checkpointer, progress: 
     ckpt.save(state)
     ckpt.wait()
     return state
-
-
-def stability(train_rows: list[dict]) -> dict[str, float]:
-    """Stability figures of a run: std of the training reward (answer) over the last third,
-    grad-norm spikes (> 5x the run's median), and collapse (format-valid rate < 0.5 at any
-    GRPO step)."""
-    if not train_rows:
-        return {}
-    answer = np.array([r.get("reward/answer", np.nan) for r in train_rows], float)
-    fmt = np.array([r.get("format_valid", np.nan) for r in train_rows], float)
-    grad = np.array([r.get("loss/grad_norm", np.nan) for r in train_rows], float)
-    last = answer[-max(len(answer) // 3, 1):]
-    med = np.nanmedian(grad) if np.isfinite(grad).any() else np.nan
-    return {
-        "reward_std_last_third": float(np.nanstd(last)),
-        "grad_norm_spikes": int(np.sum(grad > 5 * med)) if np.isfinite(med) else 0,
-        "collapsed": bool(np.nanmin(fmt) < 0.5) if np.isfinite(fmt).any() else False,
-        "min_format_valid": float(np.nanmin(fmt)) if np.isfinite(fmt).any() else float("nan"),
-    }
 
 
 def _plots(run: Run, summary: dict, refs) -> None:

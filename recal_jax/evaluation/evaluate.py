@@ -10,13 +10,15 @@ import jax
 import numpy as np
 
 from recal_jax.data.schema import RoutingLog
-from recal_jax.training.reference_routers import RouterResult, reference_routers
-from recal_jax.training.rollouts import RolloutRunner, dataset_ids
+from recal_jax.evaluation.reference_routers import RouterResult, reference_routers
+from recal_jax.rollout.runner import RolloutRunner, dataset_ids
+from recal_jax.rollout.sampler import GREEDY, SamplingOptions
 
 
 def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq_m,
-                    batch_size: int = 128, greedy: bool = True) -> dict[str, Any]:
-    """One rollout per test record (greedy by default). Returns a JSON-able dict:
+                    batch_size: int = 128, sampling: SamplingOptions = GREEDY) -> dict[str, Any]:
+    """One rollout per test record, greedy by default (spec section 10: the result does not
+    depend on `key`); any other `sampling` is a sampled evaluation. Returns a JSON-able dict:
     accuracy, per_dataset, cost_total, cost_per_query, format_valid, route_share (overall and
     per dataset), calls_per_query."""
     if len(log) == 0:
@@ -28,7 +30,7 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq
     for start in range(0, len(log), batch_size):
         records = log.records[start:start + batch_size]
         key, sub = jax.random.split(key)
-        _, rewards = runner.run(params, records, 1, sub, freq_m=freq_m, greedy=greedy)
+        _, rewards = runner.run(params, records, 1, sub, sampling=sampling, freq_m=freq_m)
         ids = dataset_ids(log, records)
         answer.append(rewards.rewards_ugk[:, 0, 1])
         cost.append(rewards.cost_ug[:, 0])
@@ -47,6 +49,7 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq
         for d in range(len(log.datasets)) if counts_dm[d].sum() > 0
     }
     return {
+        "greedy": bool(sampling.greedy),
         "accuracy": float(answer.mean()),
         "per_dataset": per_dataset,
         "cost_total": float(cost.sum()),

@@ -9,7 +9,7 @@ import numpy as np
 
 from recal_jax.data.schema import RoutingLog, RoutingRecord
 from recal_jax.rollout.engine import RolloutBatch, RolloutEngine
-from recal_jax.rollout.sampler import Sampler
+from recal_jax.rollout.sampler import SamplingOptions
 from recal_jax.routing.rewards import Call, RewardBatch, compute_components
 
 
@@ -42,20 +42,20 @@ class Scorer:
 
 @dataclasses.dataclass
 class RolloutRunner:
-    """Engine + sampler for one log: `run(params, records, G, key, greedy)` -> (RolloutBatch, RewardBatch)."""
+    """Engine + scorer for one log: `run(params, records, G, key, sampling=...)` -> (RolloutBatch, RewardBatch)."""
 
-    sampler: Sampler
     engine: RolloutEngine
     scorer: Scorer
     prompt_ids: Callable[[RoutingRecord], list[int]]
     seq_len: int
 
-    def run(self, params, records: Sequence[RoutingRecord], num_samples: int, key, *, freq_m,
-            greedy: bool = False, route_window=None) -> tuple[RolloutBatch, RewardBatch]:
-        self.sampler.update_weights(params)
-        self.engine.greedy = greedy
+    def run(self, params, records: Sequence[RoutingRecord], num_samples: int, key, *,
+            sampling: SamplingOptions, freq_m, route_window=None) -> tuple[RolloutBatch, RewardBatch]:
+        """Roll out the policy with weights `params` (nothing is stored on the sampler or the
+        engine) under `sampling`, and score the rollouts."""
         prompts = [self.prompt_ids(r) for r in records]
-        rollout = self.engine.run(list(records), prompts, num_samples, key, seq_len=self.seq_len)
+        rollout = self.engine.run(list(records), prompts, num_samples, key, sampling=sampling,
+                                  seq_len=self.seq_len, weights=params)
         rewards = self.scorer.score(rollout, records, freq_m, route_window)
         return rollout, rewards
 
