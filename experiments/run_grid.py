@@ -206,9 +206,9 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
             raise ValueError(f"config override {dotted}={value!r}: {err}") from err
 
 
-def route_weight_override(preset: str, weight: float) -> str:
-    """`weights=[...]` for calibration.overrides: the preset's weights with `route` set to `weight`."""
-    return "weights=" + json.dumps(preset_weights(preset, weight), separators=(",", ":"))
+def route_weight_override(preset: str, weight: float) -> tuple[float, ...]:
+    """calibration.weights: the preset's weights with `route` set to `weight`."""
+    return tuple(preset_weights(preset, weight))
 
 
 def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.ConfigDict:
@@ -228,9 +228,7 @@ def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.Con
         apply_overrides(config, {"model.pretrained_path": str(start), "sft.steps": 0})
     config.calibration.preset = run.preset
     if run.route_weight is not None:
-        extra = route_weight_override(run.preset, run.route_weight)
-        current = config.calibration.overrides.strip()
-        config.calibration.overrides = f"{current},{extra}" if current else extra
+        config.calibration.weights = route_weight_override(run.preset, run.route_weight)
     return config
 
 

@@ -2,7 +2,15 @@
 
 import pathlib
 
+import dataclasses
+
 import ml_collections
+from ml_collections import config_dict
+
+from recal_jax.calibration import CalibrationConfig
+
+# Set elsewhere: num_datasets by the suite, route_rule and cost_ref by `reward`.
+_NOT_CALIBRATION_FLAGS = ("num_datasets", "route_rule", "cost_ref", "tau")
 
 # ../shared/data beside the checkout: the default place of the real routing logs.
 SHARED_DATA = (pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
@@ -13,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.suite = "synthetic"  # synthetic | dcrouter | nq_pool6 | qa7
     c.data_dir = ""  # for real suites: the directory holding the suite's files
+    c.protocol = ""  # "" = the suite's own; single_call | multi_turn overrides it
     c.synthetic = ml_collections.ConfigDict(dict(n_train_per_family=300, n_test_per_family=40))
     c.max_test_instances = 0  # 0 = the whole test split
     c.max_train_instances = 0
@@ -40,10 +49,21 @@ def get_config() -> ml_collections.ConfigDict:
             stop_at_step=0,  # > 0: checkpoint and return after this GRPO step (split a run over jobs)
         )
     )
-    c.calibration = ml_collections.ConfigDict(dict(preset="recal", tau=1.0, overrides=""))
+    c.calibration = calibration_section()
     c.reward = ml_collections.ConfigDict(dict(answer_metric="em", cost_ref=0.0, route_rule="linear"))
     c.eval = ml_collections.ConfigDict(dict(every=0, greedy=True, batch_size=128, after_sft=True))
     c.pool = ml_collections.ConfigDict(dict(endpoints="", cache_dir="", concurrency=32))
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
     c.log_every = 1
     return c
+
+
+def calibration_section() -> ml_collections.ConfigDict:
+    """`calibration.preset` plus one typed field per CalibrationConfig field (None = the
+    preset's value), so that `--config.calibration.tau=0.5` or
+    `--config.calibration.weights='(0.5,1,0.25,0.25,0.1)'` override the preset directly."""
+    fields = {"preset": "recal", "tau": 1.0}
+    for field in dataclasses.fields(CalibrationConfig):
+        if field.name not in _NOT_CALIBRATION_FLAGS:
+            fields[field.name] = config_dict.placeholder(type(field.default))
+    return ml_collections.ConfigDict(fields)

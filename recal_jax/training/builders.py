@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from recal_jax.data import Suite, load_dcrouter, load_nq_pool6, load_qa7, make_synthetic
-from recal_jax.data.schema import RoutingLog, RoutingRecord
+from recal_jax.data.schema import PROTOCOLS, RoutingLog, RoutingRecord
 from recal_jax.models import ModelConfig, Qwen2, Tokenizer, from_pretrained, train_bpe
 from recal_jax.models.tokenizer import protocol_special_tokens
 from recal_jax.routing.pools import Endpoint, OpenAIPool, Pool, ReplayPool, SimulatedPool
@@ -43,7 +43,19 @@ def load_suite(config) -> Suite:
             suite = load_nq_pool6(config.data_dir, seed=config.seed)
         else:
             suite = load_qa7(config.data_dir)
+    suite = _with_protocol(suite, config.get("protocol", ""))
     return _capped(suite, config.max_train_instances, config.max_test_instances)
+
+
+def _with_protocol(suite: Suite, protocol: str) -> Suite:
+    """The suite under `protocol` ("" keeps the log's own). single_call on a log with scores is
+    classic one-shot routing (the routed model's reply is final, its logged score the answer)."""
+    if not protocol:
+        return suite
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"config.protocol must be one of {PROTOCOLS} (or empty for the suite's own), got {protocol!r}")
+    return dataclasses.replace(suite, train=dataclasses.replace(suite.train, protocol=protocol),
+                               test=dataclasses.replace(suite.test, protocol=protocol))
 
 
 def _capped(suite: Suite, max_train: int, max_test: int) -> Suite:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import logging
 import pathlib
 import time
@@ -51,34 +50,12 @@ def _round_up(x: int, m: int) -> int:
 
 
 def calibration_config(config, num_datasets: int, cost_ref: float) -> CalibrationConfig:
-    """The preset named in config.calibration, with tau, the route rule, cost_ref and any
-    `overrides` ("key=value,key=value", values parsed as JSON) applied."""
-    overrides: dict[str, Any] = {"tau": float(config.calibration.tau), "cost_ref": float(cost_ref),
-                                 "route_rule": config.reward.route_rule}
-    for item in _split_top_level(config.calibration.overrides):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"calibration.overrides item {item!r} is not key=value")
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value.strip()
-    return CalibrationConfig.preset(config.calibration.preset, num_datasets=num_datasets, **overrides)
-
-
-def _split_top_level(text: str) -> list[str]:
-    """'a=1,w=[1,2]' -> ['a=1', 'w=[1,2]']: commas inside brackets do not split."""
-    items, depth, current = [], 0, []
-    for ch in text:
-        depth += ch in "[{("
-        depth -= ch in "]})"
-        if ch == "," and depth == 0:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    items.append("".join(current))
-    return [i.strip() for i in items if i.strip()]
+    """The preset named in config.calibration with every field that is set (not None) there,
+    the route rule and cost_ref applied."""
+    fields = {k: v for k, v in config.calibration.items() if k != "preset" and v is not None}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    return CalibrationConfig.preset(config.calibration.preset, num_datasets=num_datasets,
+                                    cost_ref=float(cost_ref), route_rule=config.reward.route_rule, **fields)
 
 
 @dataclasses.dataclass
