@@ -91,7 +91,28 @@ def preset_weights(preset: str, route_weight: float | None = None) -> list[float
     return weights
 
 
+def uses_router_r1_scalar(preset: str) -> bool:
+    """True for presets whose reward is Router-R1's scalar (1 - alpha) * answer + alpha * route:
+    the component weights do not reach it, its cost weight is alpha (router_r1_alpha)."""
+    return CalibrationConfig.preset(preset).scalar_reward == "router_r1"
+
+
+def router_r1_alpha(route_weight: float) -> float:
+    """Router-R1's alpha for a sweep's route weight w: alpha = w / (1 + w), so that its
+    answer : route ratio (1 - alpha) : alpha is 1 : w, that of the weighted presets (answer
+    weight 1, route weight w); w = 0, 0.25, 0.5, 1 give alpha = 0, 0.2, 1/3, 0.5."""
+    format_weight(route_weight)  # a finite number >= 0, else ValueError
+    w = float(route_weight)
+    return w / (1.0 + w)
+
+
 def own_route_weight(preset: str) -> float:
-    """The `route` component weight of a calibration preset (a sweep point equal to it is the
-    plain preset run)."""
+    """The `route` weight of a calibration preset (a sweep point equal to it is the plain
+    preset run); for Router-R1's scalar presets the route weight its preset alpha stands for,
+    alpha / (1 - alpha) (0 for router_r1, whose preset alpha is 0)."""
+    if uses_router_r1_scalar(preset):
+        alpha = CalibrationConfig.preset(preset).router_r1_alpha
+        if alpha >= 1.0:
+            raise ValueError(f"preset {preset!r}: router_r1_alpha = 1 puts no weight on the answer: no route weight")
+        return alpha / (1.0 - alpha)
     return preset_weights(preset)[COMPONENTS.index("route")]

@@ -1,4 +1,4 @@
-"""One grid run in its own process: `python experiments/grid_worker.py --run_config=F --workdir=D`.
+"""One grid run in its own process: `python -m experiments.grid_worker --run_config=F --workdir=D`.
 
 F is the resolved run config as JSON (run_grid.py writes it). Exit code 0 when the run
 returned (with or without a summary: grpo.stop_at_step ends a run early on purpose). A shared
@@ -9,9 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

@@ -1,11 +1,15 @@
-"""Aggregate a results directory written by run_grid.py into RESULTS.md, plots and summary.json.
+"""Aggregate a results directory written by run_grid into RESULTS.md, plots and summary.json.
 
-    python experiments/report.py --results_dir=experiments/results
+    python -m experiments.report --results_dir=experiments/results
 
 Per suite: a table with one row per preset (and route weight): mean test accuracy over seeds,
 its 95% t-interval, per-dataset accuracy, cost per query and the stability figures; then the
 policy after SFT (mean over all the suite's runs: each run's `sft_policy`; with a shared SFT
-job per seed that is the same start evaluated once per run) and the reference routers.
+job per seed that is the same start evaluated once per run) and the reference routers,
+the trained classical ones (knn, linear, softmax at lambda = 0) among them.
+A suite with a route-weight sweep also gets a matched-cost table (experiments/matched_cost.py):
+each swept preset's and each classical router's accuracy at 50%, 70% and 100% of the best
+single model's cost per query, and a plot of all their fronts.
 Directories whose name starts with `_` (the grid's shared SFT jobs) are not read.
 """
 
@@ -15,21 +19,17 @@ import dataclasses
 import json
 import math
 import pathlib
-import sys
 from typing import Any
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent
-if str(EXPERIMENTS) not in sys.path:
-    sys.path.insert(0, str(EXPERIMENTS))
+import numpy as np
 
-import grid_stats  # noqa: E402
-import report_diagnostics  # noqa: E402
-import report_plots  # noqa: E402
-from grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name  # noqa: E402
-from recal_jax.calibration import ALL_PRESET_NAMES  # noqa: E402
+from experiments import grid_stats, matched_cost, report_diagnostics, report_plots
+from experiments.grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name
+from recal_jax.calibration import ALL_PRESET_NAMES
+from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES
 
 PRESET_ORDER = ALL_PRESET_NAMES
-REFERENCE_ORDER = ("random", "best_single", "oracle", "cheapest_correct")
+REFERENCE_ORDER = ("random", "best_single", "oracle", "cheapest_correct", *CLASSICAL_NAMES)
 SFT_LABEL = "after SFT (no RL)"
 DASH = "—"
 NOTES = "NOTES.md"  # hand-written reading of a suite's numbers, kept beside its runs
@@ -142,6 +142,16 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
         })
     sft_runs = [r.summary["sft_policy"] for r in runs if "sft_policy" in r.summary]
     sft = {**_mean_router(sft_runs, datasets), "n": len(sft_runs)} if sft_runs else None
+    sft_steps = sorted({_sft_steps(r) for r in runs if "sft" in r.config})
+    return {
+        "datasets": datasets, "rows": rows, "sft": sft, "references": _references(runs, datasets),
+        "classical_fronts": classical_fronts(runs), "num_runs": len(runs), "seeds": sorted({r.seed for r in runs}),
+        "grpo_steps": sorted({s for row in rows for s in row["grpo_steps"]}), "sft_steps": sft_steps,
+    }
+
+
+def _references(runs: list[RunResult], datasets: list[str]) -> dict[str, dict]:
+    """label -> the mean over runs of each reference router (REFERENCE_ORDER first)."""
     references = {}
     ref_keys = sorted({k for r in runs for k in r.summary.get("references", {})},
                       key=lambda k: (REFERENCE_ORDER.index(k) if k in REFERENCE_ORDER else len(REFERENCE_ORDER), k))
@@ -150,12 +160,83 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
         names = {res.get("name", k) for res in results}
         label = names.pop() if len(names) == 1 else k  # e.g. "best_single (large-pro)" when every run agrees
         references[label] = {"key": k, **_mean_router(results, datasets)}
-    sft_steps = sorted({_sft_steps(r) for r in runs if "sft" in r.config})
-    return {
-        "datasets": datasets, "rows": rows, "sft": sft, "references": references,
-        "num_runs": len(runs), "seeds": sorted({r.seed for r in runs}),
-        "grpo_steps": sorted({s for row in rows for s in row["grpo_steps"]}), "sft_steps": sft_steps,
-    }
+    return references
+
+
+def _one_run_per_seed(runs: list[RunResult]) -> dict[int, RunResult]:
+    """The first run (by name) of each seed: the reference routers of a seed are the same in
+    all its runs (same log, same seed)."""
+    out: dict[int, RunResult] = {}
+    for r in sorted(runs, key=lambda r: r.name):
+        out.setdefault(r.seed, r)
+    return out
+
+
+def classical_points(runs: list[RunResult]) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """classical router key -> seed -> its lambda sweep as (cost per query, accuracy) points."""
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for seed, run in _one_run_per_seed(runs).items():
+        for key in CLASSICAL_NAMES:
+            sweep = run.summary.get("references", {}).get(key, {}).get("lambda_sweep") or []
+            if sweep:
+                out.setdefault(key, {})[seed] = [(float(c), float(a)) for _, c, a in sweep]
+    return out
+
+
+def classical_fronts(runs: list[RunResult]) -> dict[str, list[list[float]]]:
+    """classical router key -> [lambda, cost, accuracy] per lambda, means over the seeds."""
+    out = {}
+    for key, by_seed in classical_points(runs).items():
+        sweeps = [_one_run_per_seed(runs)[seed].summary["references"][key]["lambda_sweep"] for seed in by_seed]
+        by_lambda: dict[float, list] = {}
+        for sweep in sweeps:
+            for lam, cost, acc in sweep:
+                by_lambda.setdefault(float(lam), []).append((float(cost), float(acc)))
+        out[key] = [[lam, float(np.mean([c for c, _ in v])), float(np.mean([a for _, a in v]))]
+                    for lam, v in sorted(by_lambda.items())]
+    return out
+
+
+def sweep_points(runs: list[RunResult]) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """swept preset -> seed -> (cost per query, accuracy) of its runs of that seed over the route
+    weight (the plain run included: it is the point at the preset's own route weight)."""
+    swept = {r.preset for r in runs if r.route_weight is not None}
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for r in runs:
+        if r.preset in swept:
+            policy = r.summary["policy"]
+            out.setdefault(r.preset, {}).setdefault(r.seed, []).append(
+                (float(policy["cost_per_query"]), float(policy["accuracy"])))
+    return {p: out[p] for p in sorted(out, key=lambda p: _sort_key((p, None)))}
+
+
+def matched_cost_numbers(runs: list[RunResult], agg: dict[str, Any]) -> dict[str, Any] | None:
+    """The matched-cost table's numbers: None without a sweep or a best single model's cost."""
+    presets = sweep_points(runs)
+    best = next((ref for ref in agg["references"].values() if ref["key"] == "best_single"), None)
+    if not presets or best is None or not best["cost_per_query"]:
+        return None
+    costs = matched_cost.level_costs(best["cost_per_query"])
+    routers = {**presets, **classical_points(runs)}
+    return {"levels": list(matched_cost.LEVELS), "level_costs": costs, "best_single": best["cost_per_query"],
+            "rows": [{"label": label, "kind": "preset" if label in presets else "classical",
+                      "cells": matched_cost.matched_cost_row(points, costs)} for label, points in routers.items()],
+            "points": routers}
+
+
+def matched_cost_table(numbers: dict[str, Any]) -> str:
+    head = ["router"] + [f"acc @ {f:.0%} cost ({c:.3g} USD)" for f, c in zip(numbers["levels"], numbers["level_costs"])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in numbers["rows"]:
+        cells = []
+        for cell in row["cells"]:
+            if cell["mean"] is None:
+                cells.append(DASH)
+                continue
+            half = "" if cell["ci95_half"] is None else f" ± {cell['ci95_half']:.3f}"
+            cells.append(f"{cell['mean']:.3f}{half} (n={cell['n']})")
+        lines.append("| " + " | ".join([row["label"]] + cells) + " |")
+    return "\n".join(lines)
 
 
 def _f(value, fmt: str = ".3f") -> str:
@@ -205,21 +286,47 @@ def _curves(runs: list[RunResult]) -> dict[str, tuple[list[int], list[float]]]:
     return curves
 
 
-def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) -> tuple[str, dict]:
-    agg = aggregate_suite(runs)
-    commands = _commands(results_dir / suite)
-    agg["commands"] = commands
+def _suite_plots(suite: str, runs: list[RunResult], agg: dict[str, Any], results_dir: pathlib.Path) -> dict[str, str]:
+    """Draws the suite's plots into results_dir; returns plot name -> file name."""
     plots = {"accuracy_vs_cost": f"{suite}-accuracy_vs_cost.png"}
+    fronts = agg["classical_fronts"]
     plain_rows = [row for row in agg["rows"] if row["route_weight"] is None]  # sweep rows: the pareto plot
-    report_plots.accuracy_vs_cost(plain_rows, agg["references"], results_dir / plots["accuracy_vs_cost"], suite)
+    report_plots.accuracy_vs_cost(plain_rows, agg["references"], results_dir / plots["accuracy_vs_cost"], suite,
+                                  fronts=fronts)
     if any(row["route_weight"] is not None for row in agg["rows"]):
         plots["pareto"] = f"{suite}-pareto_route_weight.png"
-        report_plots.pareto_fronts(agg["rows"], agg["references"], results_dir / plots["pareto"], suite)
+        report_plots.pareto_fronts(agg["rows"], agg["references"], results_dir / plots["pareto"], suite, fronts=fronts)
+    if agg.get("matched_cost"):
+        mc = agg["matched_cost"]
+        plots["matched_cost"] = f"{suite}-matched_cost_fronts.png"
+        report_plots.matched_cost_fronts(mc["points"], mc["level_costs"], agg["references"],
+                                         results_dir / plots["matched_cost"], suite, dashed=CLASSICAL_NAMES)
     curves = _curves(runs)
     if curves:
         plots["training_curves"] = f"{suite}-training_curves.png"
         report_plots.training_curves(curves, results_dir / plots["training_curves"], suite)
-    agg["plots"] = plots
+    return plots
+
+
+def _matched_cost_text(agg: dict[str, Any]) -> list[str]:
+    mc = agg.get("matched_cost")
+    if not mc:
+        return []
+    return ["", "### Accuracy at matched cost", "",
+            f"Accuracy of each router's accuracy-cost front at 50%, 70% and 100% of the best single model's "
+            f"cost per query ({mc['best_single']:.3g} USD): presets over their route-weight sweep, classical "
+            "routers over their lambda sweep; one front per seed (the non-decreasing upper convex hull of its "
+            "points: what routing between them at random reaches), mean and 95% t-interval over the seeds "
+            "whose front reaches that cost (n). — : no front reaches it. Definition: `experiments/matched_cost.py`.",
+            "", matched_cost_table(mc)]
+
+
+def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) -> tuple[str, dict]:
+    agg = aggregate_suite(runs)
+    commands = _commands(results_dir / suite)
+    agg["commands"] = commands
+    agg["matched_cost"] = matched_cost_numbers(runs, agg)
+    agg["plots"] = plots = _suite_plots(suite, runs, agg, results_dir)
     steps = ", ".join(map(str, agg["grpo_steps"])) or DASH
     sft_steps = ", ".join(map(str, agg["sft_steps"])) or DASH
     out = [f"## {suite}", "",
@@ -230,6 +337,7 @@ def suite_section(suite: str, runs: list[RunResult], results_dir: pathlib.Path) 
     out += [f"    {c}" for c in commands] if commands else ["    (no command.txt in this suite directory)"]
     out += ["", markdown_table(agg), ""]
     out += [f"![{name}]({file})" for name, file in plots.items()]
+    out += _matched_cost_text(agg)
     agg["diagnostics"] = report_diagnostics.aggregate_diagnostics(group_runs(runs), _label)
     out += ["", "### Paired differences and calibration diagnostics (spec section 5)", "",
             "Means over seeds; Δ columns pair runs of the same seed (same SFT start) and give the "

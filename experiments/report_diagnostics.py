@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping, Sequence
 
-import grid_stats
-from grid_layout import preset_weights
-from grid_stats import finite_mean
+from experiments import grid_stats
+from experiments.grid_layout import preset_weights
+from experiments.grid_stats import finite_mean
 from recal_jax.calibration import COMPONENTS
 
 DASH = "—"

@@ -1,4 +1,6 @@
-"""Plots of the aggregated grid results (report.py draws them next to RESULTS.md)."""
+"""Plots of the aggregated grid results (report.py draws them next to RESULTS.md). Every plot of
+routers against cost also draws the classical routers' lambda-sweep fronts (`fronts`: router
+key -> [[lambda, cost, accuracy], ...], dashed lines)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,12 @@ import pathlib
 from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from experiments import matched_cost  # noqa: E402
 
 
 def _finish(fig, ax, path: pathlib.Path, title: str, xlabel: str, ylabel: str) -> pathlib.Path:
@@ -31,11 +36,27 @@ def _colors(n: int) -> list:
     return [plt.get_cmap("viridis")(i / (n - 1)) for i in range(n)]
 
 
-def accuracy_vs_cost(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str) -> pathlib.Path:
+def classical_lines(ax, fronts: Mapping[str, Sequence[Sequence[float]]] | None) -> None:
+    """The classical routers' lambda sweeps as dashed lines through their (cost, accuracy)
+    points, in cost order, the lambda = 0 end marked with a star."""
+    styles = {"knn": "tab:brown", "linear": "tab:olive", "softmax": "tab:cyan"}
+    for key, sweep in (fronts or {}).items():
+        pts = sorted((float(c), float(a), float(lam)) for lam, c, a in sweep)
+        color = styles.get(key, "dimgrey")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", marker=".", color=color, lw=1, zorder=2,
+                label=f"{key} (lambda sweep)")
+        zero = [p for p in pts if p[2] == 0.0]
+        if zero:
+            ax.scatter([zero[0][0]], [zero[0][1]], marker="*", s=60, color=color, zorder=3)
+
+
+def accuracy_vs_cost(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str,
+                     fronts: Mapping[str, Sequence[Sequence[float]]] | None = None) -> pathlib.Path:
     """rows: aggregated policy rows (label, cost_per_query, accuracy, ci95_half); references:
     label -> {cost_per_query, accuracy}. Policies get CI bars and a legend entry each,
-    references are grey labelled points."""
+    references are grey labelled points, classical routers' fronts dashed lines."""
     fig, ax = plt.subplots(figsize=(9, 5))
+    classical_lines(ax, fronts)
     for row, color in zip(rows, _colors(len(rows))):
         yerr = row["ci95_half"] if row["ci95_half"] is not None else 0.0
         ax.errorbar([row["cost_per_query"]], [row["accuracy"]], yerr=[yerr], fmt="o", capsize=3, zorder=3,
@@ -44,17 +65,19 @@ def accuracy_vs_cost(rows: Sequence[Mapping], references: Mapping[str, Mapping],
         ax.scatter([ref["cost_per_query"]], [ref["accuracy"]], color="grey", marker="s", s=18, zorder=2)
         ax.annotate(label, (ref["cost_per_query"], ref["accuracy"]), fontsize=6, color="grey",
                     xytext=(3, -8), textcoords="offset points")
-    if rows:
+    if rows or fronts:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _finish(fig, ax, pathlib.Path(path), f"{suite}: test accuracy against cost (95% CI over seeds)",
                    "cost per query (USD)", "test accuracy")
 
 
-def pareto_fronts(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str) -> pathlib.Path:
+def pareto_fronts(rows: Sequence[Mapping], references: Mapping[str, Mapping], path, suite: str,
+                  fronts: Mapping[str, Sequence[Sequence[float]]] | None = None) -> pathlib.Path:
     """One line per swept preset through its route-weight points (in route-weight order; the
-    plain preset run is the point at the preset's own route weight), plus the single models
-    and the oracle as points."""
+    plain preset run is the point at the preset's own route weight), the classical routers'
+    lambda sweeps, plus the single models and the oracle as points."""
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    classical_lines(ax, fronts)
     presets = sorted({r["preset"] for r in rows if r["route_weight"] is not None})
     for preset in presets:
         pts = sorted((r for r in rows if r["preset"] == preset), key=lambda r: r["route_weight_used"])
@@ -70,8 +93,37 @@ def pareto_fronts(rows: Sequence[Mapping], references: Mapping[str, Mapping], pa
             ax.scatter([ref["cost_per_query"]], [ref["accuracy"]], color="black", marker="x", s=25, zorder=2)
             ax.annotate(label.removeprefix("single:"), (ref["cost_per_query"], ref["accuracy"]), fontsize=6,
                         xytext=(3, -8), textcoords="offset points")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return _finish(fig, ax, pathlib.Path(path), f"{suite}: accuracy-cost fronts over the route weight",
+                   "cost per query (USD)", "test accuracy")
+
+
+def matched_cost_fronts(points: Mapping[str, Mapping[int, Sequence[Sequence[float]]]], level_costs: Sequence[float],
+                        references: Mapping[str, Mapping], path, suite: str,
+                        dashed: Sequence[str] = ()) -> pathlib.Path:
+    """All routers' fronts together (experiments/matched_cost.py): per router (points: label ->
+    seed -> (cost, accuracy) points), the mean over seeds of its per-seed fronts (solid; dashed
+    for the labels in `dashed`, the classical routers) over
+    its faint per-seed points; dotted verticals at the matched cost levels; single models and
+    the oracle as black crosses."""
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for (label, by_seed), color in zip(points.items(), _colors(len(points))):
+        xs, ys = matched_cost.mean_front(by_seed)
+        style = "--" if label in dashed else "-"
+        ax.plot(xs, ys, style, color=color, label=label, zorder=3)
+        pts = np.asarray([p for seed_pts in by_seed.values() for p in seed_pts], float).reshape(-1, 2)
+        ax.scatter(pts[:, 0], pts[:, 1], color=color, s=8, alpha=0.35, zorder=2)
+    for cost in level_costs:
+        ax.axvline(cost, color="grey", ls=":", lw=1)
+    for label, ref in references.items():
+        if label.startswith("single:") or label == "oracle":
+            ax.scatter([ref["cost_per_query"]], [ref["accuracy"]], color="black", marker="x", s=25, zorder=2)
+            ax.annotate(label.removeprefix("single:"), (ref["cost_per_query"], ref["accuracy"]), fontsize=6,
+                        xytext=(3, -8), textcoords="offset points")
+    if points:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    title = f"{suite}: accuracy-cost fronts (mean over seeds; dotted: matched costs)"
+    return _finish(fig, ax, pathlib.Path(path), title,
                    "cost per query (USD)", "test accuracy")
 
 

@@ -1,11 +1,12 @@
 """Run a grid of training runs (suites x presets x [route weights] x seeds), resumably.
 
-    python experiments/run_grid.py --grid=experiments/grid_configs/synthetic.py \
+    python -m experiments.run_grid --grid=experiments/grid_configs/synthetic.py \
         [--grid.seeds=0,1] [--grid.overrides.grpo.steps=30] \
         [--results_dir=experiments/results] [--dry_run] [--only=substring]
 
-Each run goes to `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/` and runs in its own
-subprocess (experiments/grid_worker.py), so a crash or a memory blow-up ends that run only;
+(from the repository root). Each run goes to `<results_dir>/<suite>/<preset>[-rw<w>]-s<seed>/`
+and runs in its own subprocess (`python -m experiments.grid_worker`), so a crash or a memory
+blow-up ends that run only;
 the grid logs it and goes on. A run whose summary.json exists is skipped; a run with a
 checkpoint resumes from it. The command line is appended to `<results_dir>/<suite>/command.txt`.
 A grid with `grid.tag` (e.g. longer training of presets that the main grid also runs) puts its
@@ -17,6 +18,11 @@ config with grpo.steps=0, eval.after_sft=False; skipped when its export/config.j
 before the suite's preset runs; every preset run of that (suite, seed) then starts from its
 export (model.pretrained_path=<that>/export, sft.steps=0) and still evaluates that start
 (summary `sft_policy`). A preset run whose SFT job has no export is not started (failed).
+
+A route-weight sweep (`grid.route_weights`) sets the `route` entry of calibration.weights; for
+router_r1, whose scalar reward ignores the component weights, it sets its cost weight instead:
+calibration.router_r1_alpha = w / (1 + w) (grid_layout.router_r1_alpha), the same answer : route
+ratio 1 : w as the weighted presets' (answer weight 1, route weight w).
 """
 
 from __future__ import annotations
@@ -34,19 +40,15 @@ import sys
 import time
 from typing import Any, Callable, Mapping
 
+import ml_collections
+
+from experiments.grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported,
+                                     own_route_weight, preset_weights, router_r1_alpha, run_name, sft_run_name,
+                                     uses_router_r1_scalar)
+from recal_jax.calibration.config import ALL_PRESET_NAMES
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent
-for _p in (str(ROOT), str(EXPERIMENTS)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-import ml_collections  # noqa: E402
-
-from grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoint, is_done, is_exported,  # noqa: E402
-                         own_route_weight, preset_weights, run_name, sft_run_name)
-from recal_jax.calibration.config import ALL_PRESET_NAMES  # noqa: E402
-
-WORKER = EXPERIMENTS / "grid_worker.py"
+WORKER = "experiments.grid_worker"  # run as `python -m experiments.grid_worker` from ROOT
 RUN_CONFIG = "grid_run_config.json"
 RUN_LOG = "grid_log.txt"
 
@@ -229,6 +231,8 @@ def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.Con
     config.calibration.preset = run.preset
     if run.route_weight is not None:
         config.calibration.weights = route_weight_override(run.preset, run.route_weight)
+        if uses_router_r1_scalar(run.preset):  # its scalar reward ignores the weights: alpha is its cost weight
+            config.calibration.router_r1_alpha = router_r1_alpha(run.route_weight)
     return config
 
 
@@ -256,7 +260,7 @@ def subprocess_runner(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
     with (workdir / RUN_LOG).open("a") as log:
-        proc = subprocess.run([sys.executable, str(WORKER), "--run_config", str(cfg_path), "--workdir", str(workdir)],
+        proc = subprocess.run([sys.executable, "-m", WORKER, "--run_config", str(cfg_path), "--workdir", str(workdir)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, check=False)
     return proc.returncode
 
@@ -275,6 +279,67 @@ def run_status(run: GridRun, results_dir) -> str:
     return "resume" if has_checkpoint(run.path(results_dir)) else "todo"
 
 
+def _prepare(grid, results_dir: pathlib.Path, only: str) -> tuple[list[GridRun], dict]:
+    """The planned jobs and their configs; bad overrides and mismatched shared SFT jobs fail
+    here, before any run."""
+    runs = plan_jobs(grid, results_dir, only)
+    configs = {r: build_run_config(grid, r, results_dir) for r in runs}
+    for r in runs:
+        if r.sft_only:
+            check_sft_record(configs[r], r.path(results_dir))
+    return runs, configs
+
+
+def _not_run(run: GridRun, results_dir: pathlib.Path, head: str, shared: bool, echo) -> dict | None:
+    """The record of a job that is not run (already finished, or its SFT start is missing);
+    None when it is to run."""
+    path = run.path(results_dir)
+    if run.is_finished(results_dir):
+        echo(f"{head}: skipped ({'export/config.json' if run.sft_only else SUMMARY} exists)")
+        return {"run": run.key, "path": str(path), "status": "done"}
+    start = sft_job(run.suite, run.seed, run.tag)
+    if shared and not run.sft_only and not start.is_finished(results_dir):
+        echo(f"{head}: FAILED, not started (its SFT job {start.key} has no export)")
+        return {"run": run.key, "path": str(path), "status": "failed", "seconds": 0.0}
+    return None
+
+
+def _execute(run: GridRun, config, path: pathlib.Path, command: str, runner) -> tuple[int, str, float]:
+    """Prepares the run directory and runs the job: (exit code, error text, seconds)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if command:
+        _record_command(path.parent, command)
+    if not has_checkpoint(path) and (path / "metrics.jsonl").exists():
+        (path / "metrics.jsonl").unlink()  # a restart from scratch must not append to a dead run's rows
+    t0 = time.perf_counter()
+    try:
+        rc, err = runner(config, path), ""
+    except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
+        rc, err = -1, f"{type(e).__name__}: {e}"
+    return rc, err, time.perf_counter() - t0
+
+
+def _outcome(run: GridRun, path: pathlib.Path, rc: int, err: str, wall: float, head: str, echo) -> str:
+    """The status of a job that ran (finished, stopped or failed), echoed with its reason."""
+    if rc == 0 and run.sft_only and is_exported(path):
+        echo(f"{head}: finished in {wall:.0f} s, exported to {export_path(path)}")
+        return "finished"
+    if rc == 0 and run.sft_only:
+        echo(f"{head}: FAILED after {wall:.0f} s (exited without export/, log: {path / RUN_LOG})")
+        return "failed"
+    if rc == 0 and is_done(path):
+        acc = json.loads((path / SUMMARY).read_text()).get("policy", {}).get("accuracy")
+        acc_text = f", test accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
+        echo(f"{head}: finished in {wall:.0f} s{acc_text}")
+        return "finished"
+    if rc == 0:
+        echo(f"{head}: stopped after {wall:.0f} s without a summary (resumes on the next call)")
+        return "stopped"
+    reason = err or f"exit code {rc}, log: {path / RUN_LOG}"
+    echo(f"{head}: FAILED after {wall:.0f} s ({reason})")
+    return "failed"
+
+
 def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, command: str = "",
              runner: Callable[[ml_collections.ConfigDict, pathlib.Path], int] = subprocess_runner,
              echo: Callable[[str], None] = print) -> list[dict]:
@@ -284,11 +349,7 @@ def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, comman
     done (already there), finished, stopped (no summary yet, e.g. grpo.stop_at_step), failed,
     and for a dry run: done / resume / todo."""
     results_dir = pathlib.Path(results_dir)
-    runs = plan_jobs(grid, results_dir, only)
-    configs = {r: build_run_config(grid, r, results_dir) for r in runs}  # bad overrides fail before any run
-    for r in runs:
-        if r.sft_only:
-            check_sft_record(configs[r], r.path(results_dir))
+    runs, configs = _prepare(grid, results_dir, only)
     shared = share_sft(grid)
     out = []
     for i, run in enumerate(runs, 1):
@@ -299,45 +360,12 @@ def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, comman
             echo(f"{head}: {status}")
             out.append({"run": run.key, "path": str(path), "status": status})
             continue
-        if run.is_finished(results_dir):
-            echo(f"{head}: skipped ({'export/config.json' if run.sft_only else SUMMARY} exists)")
-            out.append({"run": run.key, "path": str(path), "status": "done"})
-            continue
-        start = sft_job(run.suite, run.seed, run.tag)
-        if shared and not run.sft_only and not start.is_finished(results_dir):
-            echo(f"{head}: FAILED, not started (its SFT job {start.key} has no export)")
-            out.append({"run": run.key, "path": str(path), "status": "failed", "seconds": 0.0})
-            continue
-        path.mkdir(parents=True, exist_ok=True)
-        if command:
-            _record_command(path.parent, command)
-        if not has_checkpoint(path) and (path / "metrics.jsonl").exists():
-            (path / "metrics.jsonl").unlink()  # a restart from scratch must not append to a dead run's rows
-        t0 = time.perf_counter()
-        try:
-            rc, err = runner(configs[run], path), ""
-        except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
-            rc, err = -1, f"{type(e).__name__}: {e}"
-        wall = time.perf_counter() - t0
-        if rc == 0 and run.sft_only and is_exported(path):
-            echo(f"{head}: finished in {wall:.0f} s, exported to {export_path(path)}")
-            status = "finished"
-        elif rc == 0 and run.sft_only:
-            echo(f"{head}: FAILED after {wall:.0f} s (exited without export/, log: {path / RUN_LOG})")
-            status = "failed"
-        elif rc == 0 and is_done(path):
-            acc = json.loads((path / SUMMARY).read_text()).get("policy", {}).get("accuracy")
-            acc_text = f", test accuracy {acc:.3f}" if isinstance(acc, (int, float)) else ""
-            echo(f"{head}: finished in {wall:.0f} s{acc_text}")
-            status = "finished"
-        elif rc == 0:
-            echo(f"{head}: stopped after {wall:.0f} s without a summary (resumes on the next call)")
-            status = "stopped"
-        else:
-            reason = err or f"exit code {rc}, log: {path / RUN_LOG}"
-            echo(f"{head}: FAILED after {wall:.0f} s ({reason})")
-            status = "failed"
-        out.append({"run": run.key, "path": str(path), "status": status, "seconds": wall})
+        record = _not_run(run, results_dir, head, shared, echo)
+        if record is None:
+            rc, err, wall = _execute(run, configs[run], path, command, runner)
+            status = _outcome(run, path, rc, err, wall, head, echo)
+            record = {"run": run.key, "path": str(path), "status": status, "seconds": wall}
+        out.append(record)
     if not dry_run:
         counts = {s: sum(r["status"] == s for r in out) for s in ("finished", "done", "stopped", "failed")}
         echo("grid: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -346,7 +374,7 @@ def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, comman
 
 def main(argv):
     del argv
-    command = shlex.join(["python", *sys.argv])
+    command = shlex.join(["python", "-m", "experiments.run_grid", *sys.argv[1:]])
     records = run_grid(_GRID.value, _RESULTS_DIR.value, only=_ONLY.value, dry_run=_DRY_RUN.value, command=command)
     if any(r["status"] == "failed" for r in records):
         sys.exit(1)

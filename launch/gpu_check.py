@@ -25,10 +25,13 @@ with the usual model-FLOPs estimate (PaLM, appendix B):
   x 4/3 when `--kl_coef > 0`: the frozen reference forward (2N + 4 L H Dh T) then runs
      inside the step. With the default kl_coef=0 the step is exactly one forward + one
      backward.
-Rematerialisation (`--remat`, on by default so the defaults fit one 80 GB GPU) recomputes
-the forward in the backward pass; that extra work is NOT counted (model FLOPs, not
-hardware FLOPs). The peak is the bf16 dense figure of the device kind even for
-`--dtype=float32`; on an unknown kind (CPU) MFU is printed as n/a.
+Rematerialisation (`--remat`, a named policy of ModelConfig: none | full | save_dots |
+save_attn; default save_dots, which keeps the weight matmuls and recomputes the rest, so the
+defaults fit one 80 GB GPU) recomputes part of the forward in the backward pass; that extra
+work is NOT counted (model FLOPs, not hardware FLOPs). `--attention_impl` picks the
+jax.nn.dot_product_attention backend (auto = cuDNN flash attention on GPU with bf16).
+The peak is the bf16 dense figure of the device kind even for `--dtype=float32`; on an
+unknown kind (CPU) MFU is printed as n/a.
 
 Rollout: `Sampler.sample` of `--rollout_batch` rows (prompts x `--samples_per_prompt`),
 no EOS so every row generates `--new_tokens`; one warm-up call compiles, the second is
@@ -44,11 +47,10 @@ import time
 import traceback
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from recal_jax.models.config import ModelConfig
+from recal_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES, ModelConfig
 from recal_jax.models.qwen2 import Qwen2
 from recal_jax.rollout.sampler import Sampler
 from recal_jax.training.mesh import make_mesh, shard_batch, tree_shardings
@@ -113,7 +115,8 @@ class CheckConfig:
     mesh_fsdp: int = -1
     mesh_tensor: int = 1
     kl_coef: float = 0.0
-    remat: bool = True
+    remat: str = "save_dots"
+    attention_impl: str = "auto"
     rollout_batch: int = 64
     samples_per_prompt: int = 8
     prompt_len: int = 256
@@ -143,7 +146,8 @@ class CheckConfig:
             raise ValueError(f"--kl_coef must be >= 0, got {self.kl_coef}")
 
     def model_config(self) -> ModelConfig:
-        overrides = dict(param_dtype=self.dtype, dtype=self.dtype, remat=self.remat)
+        overrides = dict(param_dtype=self.dtype, dtype=self.dtype, remat=self.remat,
+                         attention_impl=self.attention_impl)
         for name in ("vocab_size", "num_layers", "hidden_size"):
             if getattr(self, name) is not None:
                 overrides[name] = getattr(self, name)
@@ -262,7 +266,8 @@ def results_table(cfg: CheckConfig, model_config: ModelConfig, mesh, train: dict
         ("model", f"{cfg.preset} random init: L={c.num_layers} D={c.hidden_size} "
                   f"F={c.intermediate_size} H={c.num_heads} KV={c.num_kv_heads} "
                   f"Dh={c.head_dim} V={c.vocab_size}, {num_params / 1e6:.1f}M params"),
-        ("dtype", f"{cfg.dtype} params and compute; remat={cfg.remat}"),
+        ("dtype", f"{cfg.dtype} params and compute; remat={c.remat}, attention "
+                  f"{c.resolved_attention_impl()}, layers scanned={c.scan_layers}"),
         ("mesh", " ".join(f"{k}={v}" for k, v in mesh.shape.items())),
         ("train step", f"batch={cfg.batch} seq_len={cfg.seq_len} "
                        f"microbatches={cfg.microbatches}; {step_note}"),
@@ -312,7 +317,7 @@ def run_check(cfg: CheckConfig) -> int:
         if _is_oom(exc):
             print(f"\ngpu_check: OUT OF DEVICE MEMORY during {phase}.\n  Try a smaller "
                   f"--batch / --seq_len (training) or --rollout_batch / --new_tokens (rollout), "
-                  f"more --microbatches, --remat, or more devices on --mesh_fsdp.\n  "
+                  f"more --microbatches, --remat=full, or more devices on --mesh_fsdp.\n  "
                   f"XLA said: {str(exc).splitlines()[0][:500]}", file=sys.stderr)
             return 2
         if not isinstance(exc, ValueError):  # a ValueError names the problem itself
@@ -340,7 +345,10 @@ def _define_flags():
     flags.DEFINE_integer("mesh_tensor", d.mesh_tensor, "Mesh 'tensor' size (-1 = the rest).")
     flags.DEFINE_float("kl_coef", d.kl_coef,
                        "KL coefficient; > 0 runs the reference forward inside the step.")
-    flags.DEFINE_bool("remat", d.remat, "Recompute each layer's activations in the backward.")
+    flags.DEFINE_enum("remat", d.remat, sorted(REMAT_POLICIES),
+                      "Per-layer rematerialisation policy (ModelConfig.remat).")
+    flags.DEFINE_enum("attention_impl", d.attention_impl, list(ATTENTION_IMPLS),
+                      "dot_product_attention backend (auto: cudnn on GPU with bf16).")
     flags.DEFINE_integer("rollout_batch", d.rollout_batch, "Rollout rows (prompts x samples).")
     flags.DEFINE_integer("samples_per_prompt", d.samples_per_prompt, "Samples per prompt.")
     flags.DEFINE_integer("prompt_len", d.prompt_len, "Rollout prompt tokens.")

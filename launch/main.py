@@ -1,10 +1,13 @@
 """Train and evaluate a router: `python -m launch.main [--config=launch/configs/X.py] [--config.a.b=v]`.
 
 With no flags it runs the quickstart on the embedded synthetic suite (no data, no network).
+A config that cannot work (launch's config checks) or bad input data is reported as one
+line on stderr, `error: ...` naming the flag or the file and line, with exit status 2.
 """
 
 import os
 import pathlib
+import sys
 import time
 
 from absl import app, flags, logging
@@ -15,18 +18,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<config>-<preset>-<time>).")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Hide the progress bars.")
 
+USAGE_ERROR = 2  # exit status of a config or data error
 
-def main(argv):
-    del argv
-    from recal_jax.training.distributed import maybe_initialize_distributed
 
-    maybe_initialize_distributed()
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join(
-        "runs", f"{config.suite}-{config.calibration.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from recal_jax.training.pipeline import train_and_evaluate
-
-    summary = train_and_evaluate(config, workdir, progress=not _NO_PROGRESS.value)
+def _print_summary(summary: dict, workdir: str) -> None:
     print(f"\nRun directory: {workdir}")
     if "stopped_at_step" in summary:
         print(f"Stopped after GRPO step {summary['stopped_at_step']} (grpo.stop_at_step); "
@@ -39,6 +34,27 @@ def main(argv):
     print("\nRouting of the trained policy per dataset:\n" + summary["routes"])
     print(f"\nWall time: {t['total_seconds']:.0f} s "
           f"(SFT {t.get('sft_seconds', 0):.0f} s, final evaluation {t['eval_seconds']:.0f} s)")
+
+
+def main(argv):
+    del argv
+    from recal_jax.data.schema import DataError
+    from recal_jax.training.config_checks import ConfigError, validate_config
+
+    config = _CONFIG.value
+    try:
+        validate_config(config)
+        from recal_jax.training.distributed import maybe_initialize_distributed
+        from recal_jax.training.pipeline import train_and_evaluate
+
+        maybe_initialize_distributed()
+        workdir = _WORKDIR.value or os.path.join(
+            "runs", f"{config.suite}-{config.calibration.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = train_and_evaluate(config, workdir, progress=not _NO_PROGRESS.value)
+    except (ConfigError, DataError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(USAGE_ERROR)
+    _print_summary(summary, workdir)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,60 @@ def test_group_best_gate_contains_the_spec_gate_and_equals_it_on_binary_answers(
         np.testing.assert_array_equal(cal.gate_rewards(r, fmt, 1.0, "group_best", tau_min),
                                       cal.gate_rewards(r, fmt, 1.0))
     np.testing.assert_array_equal(best[..., :2], spec[..., :2])   # format and answer are not gated by tau
+
+
+# ----------------------------------------------------------------- overflow safety
+F32_MAX = float(np.finfo(np.float32).max)
+finite_f32 = st.floats(-F32_MAX, F32_MAX, allow_nan=False, allow_infinity=False, width=32)
+
+
+def _state_is_finite(state):
+    return all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(state))
+
+
+@given(seeds, names, st.lists(st.tuples(st.integers(0, U * G * K - 1), finite_f32), min_size=1, max_size=8),
+       st.floats(0, F32_MAX, width=32), st.floats(0, F32_MAX, width=32))
+@example(seed=0, name="recal_ema", spikes=[(0, 1e20)], big_count=1.0, big_cost=0.0)
+@example(seed=1, name="gdpo", spikes=[(0, F32_MAX), (K, -F32_MAX)], big_count=F32_MAX, big_cost=F32_MAX)
+def test_any_finite_input_gives_finite_advantages_and_state(seed, name, spikes, big_count, big_cost):
+    """Rewards anywhere in float32's finite range (and huge call counts / costs): finite
+    advantages, diagnostics and state, no rollout dropped as non-finite, over two steps."""
+    r, fmt, valid, ids = batch(seed)
+    flat = r.reshape(-1)
+    for index, value in spikes:
+        flat[index] = np.float32(value)
+    cfg = CONFIGS[name]
+    cfg = cal.CalibrationConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, "cost_ref": 1.0})
+    counts = np.random.default_rng(seed).integers(0, 3, (U, G, M)).astype(np.float32)
+    counts[0, 0, 0] = np.float32(big_count)
+    cost = np.random.default_rng(seed + 1).random((U, G)).astype(np.float32)
+    cost[-1, -1] = np.float32(big_cost)
+    state = cal.init_state(cfg, M)
+    for _ in range(2):
+        adv, state, diag = CALIBRATE(r, fmt, valid, ids, cfg, state, call_counts_ugm=counts, cost_ug=cost)
+        assert np.all(np.isfinite(np.asarray(adv)))
+        assert _state_is_finite(state)
+        for key, value in diag.items():
+            assert np.all(np.isfinite(np.asarray(value))), key
+        assert int(diag["num_nan_rollouts"]) == 0
+        np.testing.assert_array_equal(np.asarray(adv)[~valid], 0.0)
+
+
+def test_one_huge_reward_does_not_poison_the_batch():
+    """The bug this guards against: one finite 1e20 reward squared overflowed float32, every
+    advantage of the batch became NaN (with num_nan_rollouts 0) and, under dataset_stats='ema',
+    the stored statistic stayed non-finite. Rewards are bounded at MAX_ABS_REWARD instead."""
+    from recal_jax.calibration.calibrate import MAX_ABS_REWARD
+
+    r, fmt, valid, ids = batch(7)
+    valid[:] = True
+    r[0, 0, 1] = 1e20
+    for name in ("recal", "recal_ema", "grpo", "dr_grpo", "gdpo"):
+        cfg = CONFIGS[name]
+        adv, state, diag = CALIBRATE(r, fmt, valid, ids, cfg, cal.init_state(cfg, M))
+        assert np.all(np.isfinite(np.asarray(adv))), name
+        assert _state_is_finite(state), name
+        assert int(diag["num_nan_rollouts"]) == 0
+        bounded = r.copy()
+        bounded[0, 0, 1] = MAX_ABS_REWARD
+        np.testing.assert_array_equal(adv, CALIBRATE(bounded, fmt, valid, ids, cfg, cal.init_state(cfg, M))[0])

@@ -109,3 +109,48 @@ def test_restore_errors(tmp_path):
         restore_latest(tmp_path, other)
     with pytest.raises(ValueError, match="max_to_keep"):
         Checkpointer(tmp_path, max_to_keep=0)
+
+
+def _damage(step_dir, how):
+    import glob
+    import shutil
+
+    if how == "metadata":
+        (step_dir / "metadata" / "metadata").write_text("{not json")
+    elif how == "arrays":
+        for f in glob.glob(str(step_dir / "state" / "**" / "*"), recursive=True):
+            if os.path.isfile(f) and "metadata" not in os.path.basename(f).lower():
+                open(f, "wb").write(b"\0garbage")
+    else:
+        shutil.rmtree(step_dir / "state")
+
+
+@pytest.mark.parametrize("how", ["metadata", "arrays", "missing_state"])
+def test_corrupt_newest_checkpoint_falls_back(tmp_path, how, caplog):
+    s1 = new_state(seed=1).replace(step=jnp.asarray(1, jnp.int32))
+    s2 = new_state(seed=2).replace(step=jnp.asarray(2, jnp.int32))
+    with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        ckpt.save(s1, metadata={"n": 1})
+        ckpt.save(s2, metadata={"n": 2})
+    _damage(tmp_path / "2", how)
+    with caplog.at_level("WARNING"), Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_step() == 2
+        restored, meta = ckpt.restore(new_state(seed=5))
+        assert meta == {"n": 1} and int(restored.step) == 1
+        for a, b in zip(leaves(restored), leaves(s1)):
+            np.testing.assert_array_equal(a, b)
+        assert f"{tmp_path}/2 is unreadable" in caplog.text
+        assert ckpt.all_steps() == [1] and (tmp_path / "2.corrupt").is_dir()
+        assert ckpt.save(s2)  # the step can be written again
+        assert ckpt.all_steps() == [1, 2]
+
+
+def test_every_checkpoint_unreadable_is_a_data_error(tmp_path):
+    from recal_jax.data import DataError
+
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(new_state())
+    _damage(tmp_path / "0", "metadata")
+    with pytest.raises(DataError, match="no checkpoint can be read .*step 0: JSONDecodeError"):
+        restore_latest(tmp_path, new_state())
+    assert (tmp_path / "0").is_dir()  # nothing is moved aside when nothing can be restored

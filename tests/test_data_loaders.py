@@ -115,3 +115,11 @@ def test_missing_directory_and_file(tmp_path):
         load_nq_pool6(tmp_path)
     with pytest.raises(ValueError, match="dev.parquet"):
         load_qa7(tmp_path)
+
+
+def test_malformed_qa7_parquet_is_named(tmp_path):
+    from recal_jax.data import DataError
+
+    (tmp_path / "dev.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError, match=r"dev.parquet: cannot be read as a dataset"):
+        load_qa7(tmp_path)

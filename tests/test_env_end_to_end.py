@@ -1,8 +1,10 @@
 """Synthetic suite + ReplayPool + a scripted policy through the real engine and scorer:
-the five reward components equal the ones worked out below from the spec's definitions."""
+the five reward components (route and balance computed by calibration from the scorer's
+facts) equal the ones worked out below from the spec's definitions."""
 import jax
 import numpy as np
 
+from recal_jax.calibration import balance_reward, route_reward_linear
 from recal_jax.data import make_synthetic
 from recal_jax.models.tokenizer import protocol_special_tokens, train_bpe
 from recal_jax.rollout.engine import RolloutEngine
@@ -39,8 +41,11 @@ def test_scripted_rollouts_get_the_hand_computed_rewards():
 
     m_count = len(log.model_names)
     cost_ref = max(np.mean([log.call_cost(r, m) for r in log.records]) for m in log.model_names)
-    scorer = Scorer(log, "em", cost_ref)
-    rewards = scorer.score(rollout, picks, freq_m=np.full(m_count, 1.0 / m_count))
+    scorer = Scorer(log=log, answer_metric="em")
+    rewards = scorer.score(rollout, picks)
+    route_ug = np.asarray(route_reward_linear(rewards.cost_ug, cost_ref))
+    balance_ug = np.asarray(balance_reward(rewards.call_counts_ugm, rewards.valid_ug, np.full(m_count, 1.0 / m_count)))
+    rewards_ugk = np.concatenate([rewards.stateless_ugk, route_ug[..., None], balance_ug[..., None]], axis=-1)
 
     def route(r, m):  # spec section 3, linear rule
         return 1.0 - min(log.call_cost(r, m) / cost_ref, 1.0)
@@ -53,7 +58,7 @@ def test_scripted_rollouts_get_the_hand_computed_rewards():
             [1.0, 0.0, 0.0, route(r, wrong[u]), 0.0],
             [0.0, 1.0, 1.0, route(r, right[u]), 0.0],
         ], np.float32)
-        np.testing.assert_allclose(rewards.rewards_ugk[u], expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(rewards_ugk[u], expected, rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(rewards.format_ok_ug[u], [True, True, False])
         counts = np.zeros((3, m_count), int)
         for g, m in enumerate([right[u], wrong[u], right[u]]):

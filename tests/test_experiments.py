@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
+from experiments import grid_layout, grid_stats, report, report_plots, run_grid
+from recal_jax.calibration import COMPONENTS, CalibrationConfig
 
-import grid_layout  # noqa: E402
-import grid_stats  # noqa: E402
-import report  # noqa: E402
-import report_plots  # noqa: E402
-import run_grid  # noqa: E402
-from recal_jax.calibration import COMPONENTS, CalibrationConfig  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- naming and grid expansion
@@ -81,9 +76,10 @@ def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
 
 
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
-    # dcrouter_cost: 3 presets x 4 route weights x 3 seeds; the 9 at each preset's own route
-    # weight (0.25) are the dcrouter grid's plain runs (checked below).
-    sizes = {"synthetic": 27, "dcrouter": 27, "nq_pool6": 9, "dcrouter_cost": 36, "dcrouter_ext": 6,
+    # dcrouter: 9 + 2 extension presets x 3 seeds. dcrouter_cost: 4 presets x 4 route weights x
+    # 3 seeds; the 12 at each preset's own route weight (0.25; router_r1's: 0) are the dcrouter
+    # grid's plain runs (checked below).
+    sizes = {"synthetic": 27, "dcrouter": 33, "nq_pool6": 9, "dcrouter_cost": 48, "dcrouter_ext": 6,
              "dcrouter_long": 9}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
@@ -102,12 +98,15 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
         if name == "dcrouter_cost":  # the points at the presets' own route weight are dcrouter's plain runs
             dcrouter = {r.key for r in run_grid.expand_grid(run_grid.load_config_file(
                 ROOT / "experiments" / "grid_configs" / "dcrouter.py"))}
-            assert len({r.key for r in runs} & dcrouter) == 9
+            assert len({r.key for r in runs} & dcrouter) == 12
+            assert "dcrouter/router_r1-s0" in dcrouter and "dcrouter/router_r1-rw0.25-s0" in {r.key for r in runs}
         if name == "dcrouter_ext":  # the same sizes as dcrouter, so its SFT starts are shared
             dcrouter_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / "dcrouter.py")
             dcrouter_sft = run_grid.build_run_config(dcrouter_grid, jobs[0], tmp_path)
             assert sft.to_json(sort_keys=True) == dcrouter_sft.to_json(sort_keys=True)
             assert {r.preset for r in runs} == {"recal_group_gate", "recal_ema"}
+        if name == "dcrouter":  # the rerun: >= 100 GRPO steps, greedy evaluation
+            assert config.grpo.steps >= 100 and config.eval.greedy and len({r.preset for r in runs}) == 11
         if name == "dcrouter_long":  # its own directory: the same preset names as dcrouter's runs
             assert {r.directory for r in jobs} == {"dcrouter-long"} and config.grpo.steps == 100
         if name == "synthetic":  # lookup has 100 distinct questions, commonsense 60
@@ -156,6 +155,22 @@ def test_route_weight_override_reaches_the_calibration_config():
     assert calibration_config(c, num_datasets=7, cost_ref=1.0).weights == (0.5, 1.0, 0.25, 0.75, 0.1)
 
 
+def test_router_r1_sweeps_its_alpha():
+    from recal_jax.training.pipeline import calibration_config
+
+    assert grid_layout.own_route_weight("router_r1") == 0.0  # its preset alpha is 0
+    assert [grid_layout.router_r1_alpha(w) for w in (0, 0.25, 0.5, 1)] == pytest.approx([0, 0.2, 1 / 3, 0.5])
+    runs = run_grid.expand_grid(_grid(presets=("router_r1", "recal"), seeds=(0,), route_weights=(0.0, 0.25)))
+    assert [r.name for r in runs] == ["router_r1-s0", "router_r1-rw0.25-s0", "recal-rw0-s0", "recal-s0"]
+    c = run_grid.build_run_config(_grid(), run_grid.GridRun("synthetic", "router_r1", 0, 0.25))
+    assert c.calibration.router_r1_alpha == pytest.approx(0.2)
+    assert calibration_config(c, num_datasets=7, cost_ref=1.0).router_r1_alpha == pytest.approx(0.2)
+    c = run_grid.build_run_config(_grid(), run_grid.GridRun("synthetic", "recal", 0, 0.5))
+    assert c.calibration.router_r1_alpha is None  # the weighted presets' sweep leaves alpha alone
+    with pytest.raises(ValueError, match="route weight"):
+        grid_layout.router_r1_alpha(-1.0)
+
+
 # ---------------------------------------------------------------- skip-if-done, failures, dry run
 
 
@@ -181,16 +196,16 @@ def test_run_grid_skips_finished_runs_and_survives_a_failure(tmp_path):
         (workdir / "summary.json").write_text(json.dumps(_fake_summary(0.5)))
         return 0
 
-    out = run_grid.run_grid(grid, tmp_path, command="python experiments/run_grid.py --grid=x", runner=runner,
+    out = run_grid.run_grid(grid, tmp_path, command="python -m experiments.run_grid --grid=x", runner=runner,
                             echo=lines.append)
     assert calls == [("grpo-s0", "grpo", 0), ("recal-s0", "recal", 0), ("recal-s1", "recal", 1)]
     assert [r["status"] for r in out] == ["finished", "done", "finished", "failed"]
     assert "FAILED" in lines[3] and "boom" in lines[3] and "recal-s1" in lines[3]
     assert "test accuracy 0.500" in lines[0] and "finished in" in lines[0]
-    assert (tmp_path / "synthetic" / "command.txt").read_text() == "python experiments/run_grid.py --grid=x\n"
+    assert (tmp_path / "synthetic" / "command.txt").read_text() == "python -m experiments.run_grid --grid=x\n"
 
     calls.clear()
-    out = run_grid.run_grid(grid, tmp_path, command="python experiments/run_grid.py --grid=x", runner=runner,
+    out = run_grid.run_grid(grid, tmp_path, command="python -m experiments.run_grid --grid=x", runner=runner,
                             only="recal", echo=lines.append)
     assert calls == [("recal-s1", "recal", 1)]  # only the failed one runs again
     assert [r["run"] for r in out] == ["synthetic/recal-s0", "synthetic/recal-s1"]
@@ -308,7 +323,7 @@ def _write_grid_file(path: pathlib.Path, overrides: dict, presets=("recal",), se
 
 def _cli(*args, timeout=600):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "run_grid.py"), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "experiments.run_grid", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -343,7 +358,8 @@ def test_end_to_end_tiny_grid_then_report(tmp_path):
     assert json.loads((run / "config.json").read_text())["model"]["pretrained_path"].endswith("_sft-s0/export")
     assert "synthetic/_sft-s0 (shared SFT warm start): finished in" in res.stdout
     assert "finished in" in res.stdout
-    assert "--grid=" in (tmp_path / "res" / "synthetic" / "command.txt").read_text()
+    assert (tmp_path / "res" / "synthetic" / "command.txt").read_text().startswith(
+        f"python -m experiments.run_grid --grid={grid}")
     res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}")
     assert "skipped (summary.json exists)" in res.stdout
     text = report.write_report(tmp_path / "res").read_text()
@@ -376,7 +392,10 @@ def _router(acc, per, cost, name=None):
     return out
 
 
-def _write_run(root, suite, name, acc, per, cost, stability, sft_acc, train_answers, ref_shift=0.0):
+KNN_SWEEP = [[0.0, 0.02, 0.55], [0.5, 0.01, 0.5], [1.0, 0.005, 0.3]]
+
+
+def _write_run(root, suite, name, acc, per, cost, stability, sft_acc, train_answers, ref_shift=0.0, classical=False):
     d = root / suite / name
     d.mkdir(parents=True)
     refs = {"random": _router(0.3 + ref_shift, {"a": 0.2, "b": 0.4}, 0.02, "random"),
@@ -385,6 +404,8 @@ def _write_run(root, suite, name, acc, per, cost, stability, sft_acc, train_answ
             "cheapest_correct": _router(0.9, {"a": 0.9, "b": 0.9}, 0.01, "cheapest_correct"),
             "single:m1": _router(0.2, {"a": 0.1, "b": 0.3}, 0.001, "single:m1"),
             "single:m2": _router(0.6, {"a": 0.5, "b": 0.7}, 0.05, "single:m2")}
+    if classical:
+        refs["knn"] = {**_router(0.55, {"a": 0.5, "b": 0.6}, 0.02, "knn (k=5)"), "lambda_sweep": KNN_SWEEP}
     summary = {"policy": {**_router(acc, per, cost), "format_valid": 1.0},
                "sft_policy": _router(sft_acc, {"a": sft_acc, "b": sft_acc}, 0.0),
                "references": refs, "stability": stability, "preset": name.split("-")[0], "suite": suite,
@@ -397,8 +418,9 @@ def _write_run(root, suite, name, acc, per, cost, stability, sft_acc, train_answ
 
 
 def _main_table(text):
-    """The lines of RESULTS.md before the first suite's diagnostics table (which repeats the labels)."""
-    return text.split("### Paired differences")[0].splitlines()
+    """The lines of RESULTS.md before the first suite's subsections (matched cost, diagnostics:
+    they repeat the labels)."""
+    return text.split("\n### ")[0].splitlines()
 
 
 def _cells(text, label):
@@ -418,7 +440,7 @@ def test_report_hand_computed_case(tmp_path):
                [0.5, 0.7], ref_shift=0.2)
     _write_run(tmp_path, "synthetic", "grpo-s0", 0.45, {"a": 0.3, "b": 0.6}, 0.040, stab(0.5, 2, True), 0.1,
                [0.2, 0.2])
-    (tmp_path / "synthetic" / "command.txt").write_text("python experiments/run_grid.py --grid=G\n")
+    (tmp_path / "synthetic" / "command.txt").write_text("python -m experiments.run_grid --grid=G\n")
     (tmp_path / "synthetic" / "gdpo-s0").mkdir()  # unfinished: no summary.json, ignored
     _write_run(tmp_path, "synthetic", "_sft-s0", 0.99, {"a": 0.99, "b": 0.99}, 0.5, stab(0.0, 0, False), 0.99,
                [], ref_shift=5.0)  # a shared SFT job's directory: no preset row, no part of any mean
@@ -426,7 +448,7 @@ def test_report_hand_computed_case(tmp_path):
 
     text = report.write_report(tmp_path).read_text()
     assert "## synthetic" in text and "## dcrouter" not in text
-    assert "    python experiments/run_grid.py --grid=G" in text
+    assert "    python -m experiments.run_grid --grid=G" in text
 
     header = [c.strip() for c in text.splitlines()[[i for i, line in enumerate(text.splitlines())
                                                        if line.startswith("| router |")][0]].strip("|").split("|")]
@@ -502,3 +524,45 @@ def test_report_puts_the_plain_run_on_the_front_at_its_own_route_weight(tmp_path
     rows = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]["rows"]
     used = {r["label"]: r["route_weight_used"] for r in rows}
     assert used == {"recal": CalibrationConfig.preset("recal").weights[3], "recal rw=1": 1.0}
+
+
+def test_report_matched_cost_table_and_classical_routers(tmp_path):
+    stab = {"reward_std_last_third": 0.1, "grad_norm_spikes": 0, "collapsed": False, "min_format_valid": 1.0}
+    for w, acc, cost in [(0.0, 0.7, 0.05), (0.5, 0.6, 0.02), (1.0, 0.5, 0.01)]:
+        for seed in (0, 1):
+            _write_run(tmp_path, "dcrouter", grid_layout.run_name("recal", seed, w), acc + 0.01 * seed,
+                       {"a": acc, "b": acc}, cost, stab, 0.2, [0.1], classical=True)
+    text = report.write_report(tmp_path).read_text()
+    assert _cells(text, "knn (k=5)")[1] == "0.550"  # the classical router's row in the main table
+    numbers = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]
+    assert numbers["classical_fronts"]["knn"] == KNN_SWEEP
+    mc = numbers["matched_cost"]
+    assert mc["level_costs"] == pytest.approx([0.025, 0.035, 0.05])  # best single (m2) costs 0.05
+    # recal, seed 0: front (0.01, .5), (0.02, .6), (0.05, .7) -> .6 + .1 * 5/30, .65, .7; seed 1: +0.01
+    half = stats.t.ppf(0.975, 1) * np.std([0.0, 0.01], ddof=1) / math.sqrt(2)
+    section = text.split("### Accuracy at matched cost")[1].split("###")[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
+            for line in section.splitlines() if line.startswith("| ") and not line.startswith("| router")}
+    assert rows["recal"] == [f"{0.6 + 0.1 / 6 + 0.005:.3f} ± {half:.3f} (n=2)", f"{0.655:.3f} ± {half:.3f} (n=2)",
+                             f"{0.705:.3f} ± {half:.3f} (n=2)"]
+    # knn: front (0.005, .3), (0.01, .5), (0.02, .55), flat beyond; the same in both seeds
+    assert rows["knn"] == ["0.550 ± 0.000 (n=2)"] * 3
+    for plot in ("pareto", "matched_cost", "accuracy_vs_cost"):
+        assert (tmp_path / numbers["plots"][plot]).stat().st_size > 0
+    assert "matched_cost" not in json.loads((tmp_path / "summary.json").read_text()).get("synthetic", {})
+
+
+def test_no_matched_cost_section_without_a_sweep(tmp_path):
+    stab = {"reward_std_last_third": 0.1, "grad_norm_spikes": 0, "collapsed": False, "min_format_valid": 1.0}
+    _write_run(tmp_path, "synthetic", "recal-s0", 0.5, {"a": 0.5}, 0.01, stab, 0.2, [0.1], classical=True)
+    text = report.write_report(tmp_path).read_text()
+    assert "Accuracy at matched cost" not in text and "| knn (k=5) |" in text
+    numbers = json.loads((tmp_path / "summary.json").read_text())["synthetic"]
+    assert numbers["matched_cost"] is None and "matched_cost" not in numbers["plots"]
+
+
+def test_classical_baselines_names_unknown_suites():
+    from experiments import classical_baselines
+
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        classical_baselines.baseline_lines("nope", "/nonexistent", [0])

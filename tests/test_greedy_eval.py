@@ -32,14 +32,9 @@ def built(request, tmp_path_factory):
     return run, nnx.state(run.model)
 
 
-def _uniform(run):
-    m = len(run.suite.test.model_names)
-    return np.full(m, 1.0 / m)
-
-
 def _rollout_tokens(run, params, sampling, key):
     records = run.suite.test.records[:7]
-    rollout, _ = run.test_runner.run(params, records, 1, key, sampling=sampling, freq_m=_uniform(run))
+    rollout, _ = run.test_runner.run(params, records, 1, key, sampling=sampling)
     return rollout.tokens_bt, rollout.completion_texts
 
 
@@ -62,7 +57,7 @@ def test_temperature_one_rollouts_depend_on_the_key(built):
 
 def test_greedy_evaluation_is_identical_under_two_keys(built):
     run, params = built
-    results = [evaluate_policy(run.test_runner, params, run.suite.test, jax.random.key(seed), freq_m=_uniform(run),
+    results = [evaluate_policy(run.test_runner, params, run.suite.test, jax.random.key(seed),
                                batch_size=run.config.eval.batch_size, sampling=eval_sampling(run.config))
                for seed in (1, 2)]
     assert results[0] == results[1]

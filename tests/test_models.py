@@ -42,6 +42,16 @@ def reference_logits(model: Qwen2, tokens_bt, mask_bt) -> np.ndarray:
     def p(v):
         return np.asarray(v[...], np.float64)
 
+    def layer_params(i):
+        """Layer i's weights, sliced from the stacked (leading layer axis) parameters."""
+        pick = lambda v: np.asarray(v[...], np.float64)[i]  # noqa: E731
+        st = model.layers
+        return dict(in_norm=pick(st.input_norm.weight), post_norm=pick(st.post_attn_norm.weight),
+                    q=pick(st.attn.q_kernel), k=pick(st.attn.k_kernel), v=pick(st.attn.v_kernel),
+                    o=pick(st.attn.o_kernel), qb=pick(st.attn.q_bias), kb=pick(st.attn.k_bias),
+                    vb=pick(st.attn.v_bias), gate=pick(st.mlp.gate_kernel),
+                    up=pick(st.mlp.up_kernel), down=pick(st.mlp.down_kernel))
+
     def rms(x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.rms_norm_eps) * w
 
@@ -60,12 +70,12 @@ def reference_logits(model: Qwen2, tokens_bt, mask_bt) -> np.ndarray:
     for b in range(b_size):
         pos = np.maximum(np.cumsum(mask_bt[b]) - 1, 0)
         x = p(model.embed)[tokens_bt[b]]
-        for layer in model.layers:
-            a = layer.attn
-            h = rms(x, p(layer.input_norm.weight))
-            q = np.einsum("td,dhk->thk", h, p(a.q_kernel)) + p(a.q_bias)
-            k = np.einsum("td,dhk->thk", h, p(a.k_kernel)) + p(a.k_bias)
-            v = np.einsum("td,dhk->thk", h, p(a.v_kernel)) + p(a.v_bias)
+        for i in range(cfg.num_layers):
+            lw = layer_params(i)
+            h = rms(x, lw["in_norm"])
+            q = np.einsum("td,dhk->thk", h, lw["q"]) + lw["qb"]
+            k = np.einsum("td,dhk->thk", h, lw["k"]) + lw["kb"]
+            v = np.einsum("td,dhk->thk", h, lw["v"]) + lw["vb"]
             attn = np.zeros_like(q)
             for t in range(t_size):
                 visible = [s for s in range(t + 1) if mask_bt[b, s]]
@@ -77,10 +87,10 @@ def reference_logits(model: Qwen2, tokens_bt, mask_bt) -> np.ndarray:
                     w = np.exp(scores - scores.max()) if visible else scores
                     w = w / w.sum() if visible else w
                     attn[t, head] = sum(wi * v[s, kv] for wi, s in zip(w, visible))
-            x = x + np.einsum("thk,hkd->td", attn, p(a.o_kernel))
-            h = rms(x, p(layer.post_attn_norm.weight))
-            gate, up = h @ p(layer.mlp.gate_kernel), h @ p(layer.mlp.up_kernel)
-            x = x + (gate / (1 + np.exp(-gate)) * up) @ p(layer.mlp.down_kernel)
+            x = x + np.einsum("thk,hkd->td", attn, lw["o"])
+            h = rms(x, lw["post_norm"])
+            gate, up = h @ lw["gate"], h @ lw["up"]
+            x = x + (gate / (1 + np.exp(-gate)) * up) @ lw["down"]
         logits = rms(x, p(model.final_norm.weight)) @ head_out
         out[b][mask_bt[b]] = logits[mask_bt[b]]
     return out
@@ -366,11 +376,13 @@ def test_sharded_forward_and_decode_match_single_device(decode):
                                     jnp.int32(0), kv_mask)
     mesh = make_mesh(fsdp=4, tensor=2)
     shardings = param_shardings(model, mesh)
-    assert shardings["layers"][0]["mlp"]["gate_kernel"].get_value().spec == P("fsdp", "tensor")
+    # the stacked layer axis is never sharded
+    assert shardings["layers"]["mlp"]["gate_kernel"].get_value().spec == \
+        P(None, "fsdp", "tensor")
     shard_model(model, mesh)
     # vocab 97 divides neither axis, so only the embed dim (32) is split, over fsdp.
     assert model.embed[...].sharding.spec == P(None, "fsdp")
-    assert model.layers[0].attn.q_kernel[...].sharding.spec == P("fsdp", "tensor", None)
+    assert model.layers.attn.q_kernel[...].sharding.spec == P(None, "fsdp", "tensor", None)
     out = FORWARD(model, tokens, mask)
     np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
     if decode:

@@ -40,3 +40,39 @@ def test_empty_log_is_a_clear_error():
     log = _log().subset([], name="empty")
     with pytest.raises(ValueError, match="empty"):
         reference_routers(log)
+
+
+def test_best_single_is_chosen_on_the_train_split():
+    test = _log()
+    # on train, c is right everywhere: best_single is c, reported with c's test numbers (1/4, cost 0.5)
+    train = RoutingLog([RoutingRecord(f"t{i}", "d0", f"train question {i}", ("x",), {"a": 0, "b": 0, "c": 1},
+                                      costs={"a": 3.0, "b": 1.0, "c": 0.5}) for i in range(6)],
+                       test.models, ("d0", "d1"), name="train")
+    r = reference_routers(test, train)
+    assert r["best_single"].name == "best_single (c)"
+    assert r["best_single"].accuracy == pytest.approx(0.25) and r["best_single"].cost_per_query == pytest.approx(0.5)
+    assert {"knn", "linear", "softmax"} <= set(r)
+    assert reference_routers(test)["best_single"].name == "best_single (a)"  # hindsight on the test split
+    with pytest.raises(ValueError, match="empty"):
+        reference_routers(test, train.subset([], name="empty"))
+
+
+def test_one_model_pool_has_no_classical_routers():
+    one = RoutingLog([RoutingRecord(str(i), "d0", f"q{i}", ("x",), {"a": i % 2}) for i in range(4)],
+                     {"a": ModelInfo("a")}, ("d0",))
+    assert set(reference_routers(one, one)) == {"random", "single:a", "best_single", "oracle", "cheapest_correct"}
+
+
+def test_results_table_lists_the_classical_routers():
+    from recal_jax.evaluation.evaluate import results_table
+
+    test = _log()
+    refs = reference_routers(test, test)
+    policy = {"accuracy": 0.5, "per_dataset": {"d0": 0.5}, "cost_per_query": 1.0, "format_valid": 1.0}
+    lines = results_table(policy, refs, test.datasets, "policy").splitlines()
+    labels = [line.split("|")[1].strip() for line in lines[2:]]
+    assert labels[:5] == ["policy", "random", "best_single (a)", "oracle", "cheapest_correct"]
+    assert [label.split(" ")[0] for label in labels[5:8]] == ["knn", "linear", "softmax"]
+    assert labels[8:] == ["single:a", "single:b", "single:c"]
+    knn = next(line for line in lines if line.startswith("| knn"))
+    assert f"| {refs['knn'].accuracy:.3f} |" in knn

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
-import sys
 
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
-
-import report_diagnostics as rd  # noqa: E402
+from experiments import report_diagnostics as rd
 
 
 @dataclasses.dataclass

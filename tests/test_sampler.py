@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recal_jax.models import ModelConfig, Qwen2
-from recal_jax.rollout.sampler import Sampler, top_p_filter
+from recal_jax.rollout.sampler import Sampler, live_segments, top_p_filter
 
 VOCAB = 97
 PAD = 0
@@ -267,3 +267,34 @@ def test_bad_input_raises(model, bad, match):
     args.update(bad)
     with pytest.raises(ValueError, match=match):
         sampler.sample(args.pop("tokens"), args.pop("mask"), jax.random.key(0), **args)
+
+
+def test_live_segments_cover_every_step_with_a_live_prefix():
+    assert live_segments(16, 8, 128) == [(0, 8, 24)]
+    assert live_segments(16, 8, 4) == [(0, 4, 20), (4, 8, 24)]
+    for width, n, bucket in [(16, 40, 8), (64, 300, 128), (5, 3, 2)]:
+        segs = live_segments(width, n, bucket)
+        assert segs[0][0] == 0 and segs[-1][1] == n
+        for (a, end, attend), nxt in zip(segs, segs[1:] + [None]):
+            assert width + end <= attend <= width + n  # step end - 1 writes slot width+end-1
+            assert attend % bucket == 0 or attend == width + n
+            assert nxt is None or nxt[0] == end
+
+
+def test_bucketed_live_cache_equals_whole_cache(model, sampler, prompts):
+    """Decoding over a live prefix bucketed by 4 slots (two while_loops) changes nothing."""
+    toks, mask, _ = prompts
+    small = Sampler(model, pad_id=PAD, eos_id=None, decode_bucket=4)
+    kw = dict(max_new_tokens=8, temperature=1.0)
+    a = sampler.sample(toks, mask, jax.random.key(3), **kw)
+    b = small.sample(toks, mask, jax.random.key(3), **kw)
+    np.testing.assert_array_equal(a.tokens_bn, b.tokens_bn)
+    np.testing.assert_allclose(a.logprobs_bn, b.logprobs_bn, atol=1e-5)
+
+
+def test_prompt_width_is_bucketed_and_capped(model):
+    s = Sampler(model, pad_id=PAD, eos_id=None, max_prompt_len=100, prompt_bucket=64)
+    assert [s.prompt_width(n) for n in (1, 7, 64, 65, 100)] == [64, 64, 64, 112, 112]
+    assert Sampler(model, pad_id=PAD, eos_id=None).prompt_width(7) == 16
+    with pytest.raises(ValueError, match="prompt_bucket"):
+        Sampler(model, pad_id=PAD, eos_id=None, prompt_bucket=0)

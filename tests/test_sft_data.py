@@ -85,3 +85,46 @@ def test_pack_right_pads_and_keeps_the_end_of_long_demos(setup):
 ])
 def test_answer_from_reply(reply, answer):
     assert answer_from_reply(reply) == answer
+
+
+def test_dataset_think_names_the_task_and_stays_valid_protocol(setup):
+    log, tok, pool, engine, prompt, _ = setup
+    reply = lambda m, q, r: call_many_sync(pool, [(m, q, r)])[0].text  # noqa: E731
+    demos = build_demonstrations(log, tok.encode, prompt, reply, engine.information_ids, rule="random",
+                                 think="dataset", seed=1)
+    for record, demo in zip(log.records, demos):
+        completion = tok.decode(demo.token_ids[len(prompt(record)):])
+        assert completion.startswith(f"<think> {record.dataset} </think>"), completion
+        parsed = parse(completion, log.model_names, protocol="multi_turn")
+        assert parsed.format_ok, (parsed.reason, completion)
+    with pytest.raises(ValueError, match="think style"):
+        build_demonstrations(log, tok.encode, prompt, reply, engine.information_ids, think="dataset_name")
+
+
+def test_answer_span_covers_the_answer_segment(setup):
+    log, tok, _, _, prompt, demos = setup
+    for demo in demos[:5]:
+        start, end = demo.answer_span
+        text = tok.decode(demo.token_ids[start:end])
+        assert text.strip().startswith("<answer>") and text.strip().endswith("</answer>"), text
+        assert end == len(demo.token_ids)
+    arrays = pack_demonstrations(demos[:5], seq_len=max(len(d.token_ids) for d in demos[:5]), pad_id=0)
+    for i, demo in enumerate(demos[:5]):
+        np.testing.assert_array_equal(np.flatnonzero(arrays["answer_mask_bt"][i]), np.arange(*demo.answer_span))
+
+
+def test_dataset_random_routing_is_per_task_and_ignores_the_scores(setup):
+    import dataclasses
+
+    log = setup[0]
+    chosen = choose_models(log, "dataset_random", np.random.default_rng(7), best_prob=1.0)
+    by_dataset = {}
+    for record, model in zip(log.records, chosen):
+        by_dataset.setdefault(record.dataset, set()).add(model)
+    assert all(len(models) == 1 for models in by_dataset.values())
+    # the same draw on a log whose scores are inverted: routing says nothing about quality
+    flipped = log.subset([dataclasses.replace(r, scores={m: 1.0 - s for m, s in r.scores.items()})
+                          for r in log.records])
+    assert choose_models(flipped, "dataset_random", np.random.default_rng(7), best_prob=1.0) == chosen
+    mixed = choose_models(log, "dataset_random", np.random.default_rng(7), best_prob=0.0)
+    assert len(set(mixed)) > len(set(chosen)) or len(set(chosen)) == len(log.model_names)

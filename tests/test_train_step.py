@@ -228,3 +228,58 @@ def test_variable_spec_out_sharding_is_fitted():
     assert tuple(variable_spec(logical, mesh)) == ("tensor", "fsdp")
     assert tuple(variable_spec(logical, mesh, tensor_parallel=False)) == ("fsdp", None)
     assert tuple(variable_spec(nnx.Param(jnp.zeros((4,))), mesh)) == ()
+
+
+def test_missing_logp_old_is_the_on_policy_ratio_one_step():
+    """Without logp_old_bt the step uses stop_gradient(logp): the same update as passing the
+    current policy's log-probs (ratio 1), with no extra forward."""
+    state = new_state()
+    batch = grpo_batch(state)
+    logp, _ = compute_logprobs(state.graphdef, state.params, batch["tokens_bt"],
+                               batch["attention_mask_bt"])
+    mesh = make_mesh(data=1, devices=jax.devices()[:1])
+    loss_cfg = LossConfig(agg="seq-mean-token-mean", kl_coef=0.05)
+    results = []
+    for b in (batch | {"logp_old_bt": np.asarray(logp)},
+              {k: v for k, v in batch.items() if k != "logp_old_bt"}):
+        step = make_train_step(state.graphdef, make_optimizer(OPT), loss_cfg, mesh, 2)
+        new, metrics = step(new_state(), b)
+        results.append((params_np(new), jax.tree.map(np.asarray, metrics)))
+    (p_with, m_with), (p_without, m_without) = results
+    chex.assert_trees_all_close(p_without, p_with, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(m_without["grad_norm"], m_with["grad_norm"], rtol=1e-5)
+    np.testing.assert_allclose(m_without["loss"], m_with["loss"], rtol=1e-5, atol=1e-7)
+    assert m_without["ratio_min"] == m_without["ratio_max"] == 1.0
+    assert m_with["grad_norm"] > 1e-4
+
+
+def test_train_batch_drops_old_logprobs_for_one_update():
+    from types import SimpleNamespace
+
+    from recal_jax.training.grpo import GRPOIteration
+
+    rng = np.random.default_rng(0)
+    rollout = SimpleNamespace(
+        tokens_bt=rng.integers(0, V, (4, 40)).astype(np.int32),
+        attention_mask_bt=np.arange(40)[None] < np.array([[20], [33], [5], [10]]),
+        loss_mask_bt=np.ones((4, 40), np.float32),
+        logp_old_bt=-np.ones((4, 40), np.float32))
+    calls = []
+
+    def logprobs_fn(params, tokens, mask):
+        calls.append(tokens.shape)
+        return jnp.full(tokens.shape, -2.0), None
+
+    def make(updates, recompute):
+        return GRPOIteration(runner=None, calibration=None, train_step=None,
+                             logprobs_fn=logprobs_fn, group_size=2, updates_per_batch=updates,
+                             recompute_old_logprobs=recompute)
+
+    adv = np.zeros(4, np.float32)
+    state = SimpleNamespace(params=None)
+    one = make(1, True).train_batch(state, rollout, adv)
+    assert "logp_old_bt" not in one and one["tokens_bt"].shape == (4, 40) and not calls
+    two = make(2, True).train_batch(state, rollout, adv)
+    assert calls == [(4, 40)] and float(two["logp_old_bt"].min()) == -2.0
+    off = make(1, False).train_batch(state, rollout, adv)
+    np.testing.assert_array_equal(off["logp_old_bt"], -1.0)

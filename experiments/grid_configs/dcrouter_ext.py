@@ -1,6 +1,6 @@
 """Grid: this project's extension presets (beyond the spec's nine) on dcrouter, 3 seeds.
 
-    python experiments/run_grid.py --grid=experiments/grid_configs/dcrouter_ext.py
+    python -m experiments.run_grid --grid=experiments/grid_configs/dcrouter_ext.py
 
 - `recal_group_gate` (gate_mode='group_best'): the spec gate opens the auxiliary rewards
   (info, route, balance) only for answer >= tau = 1. dcrouter's commongen scores are
@@ -13,7 +13,8 @@
   5(b) carry the scale across steps.
 
 Everything else is the dcrouter grid's (sizes, seeds, the shared SFT starts `_sft-s<seed>`,
-which are reused); runs land next to its runs as `<preset>-s<seed>`.
+which are reused); runs land next to its runs as `<preset>-s<seed>`. The dcrouter grid now
+runs these two presets itself; this grid runs them alone (the same runs).
 """
 
 import pathlib

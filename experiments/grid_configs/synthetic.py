@@ -1,6 +1,6 @@
 """Grid: all 9 presets x 3 seeds on the synthetic suite (the ablation grid).
 
-    python experiments/run_grid.py --grid=experiments/grid_configs/synthetic.py
+    python -m experiments.run_grid --grid=experiments/grid_configs/synthetic.py
 
 `overrides` is the size block (dotted config keys, nested): tune it from the command line,
 e.g. --grid.overrides.grpo.steps=100. It is sized for the whole grid on 2 CPU cores: 300 train

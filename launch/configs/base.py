@@ -19,7 +19,7 @@ SHARED_DATA = (pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.suite = "synthetic"  # synthetic | dcrouter | nq_pool6 | qa7
+    c.suite = "synthetic"  # synthetic | dcrouter | nq_pool6 | qa7 | jsonl (your own log: launch/configs/jsonl.py)
     c.data_dir = ""  # for real suites: the directory holding the suite's files
     c.protocol = ""  # "" = the suite's own; single_call | multi_turn overrides it
     c.synthetic = ml_collections.ConfigDict(dict(n_train_per_family=300, n_test_per_family=40))
@@ -27,16 +27,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_train_instances = 0
 
     c.model = ml_collections.ConfigDict(
-        dict(preset="tiny", pretrained_path="", dtype="float32", num_layers=2, hidden_size=0)
+        dict(preset="tiny", pretrained_path="", dtype="float32", num_layers=2, hidden_size=0,
+             remat="none", attention_impl="auto")  # remat: none | full | save_dots | save_attn
     )
-    c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=1024, max_question_tokens=0))
+    # max_question_tokens: longer questions keep their last that many tokens (0 = no cap); the
+    # run warns how many were cut and summary.json counts them (truncated_questions)
+    c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=1024, max_question_tokens=256))
     c.prompt_style = "compact"  # compact (tiny policies) | full (instruction-tuned policies)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.sft = ml_collections.ConfigDict(
         dict(steps=800, batch_size=32, learning_rate=5e-3, warmup_steps=20, routing="mixed",
              best_prob=0.5, query_style="fixed", reply_swap=0.5,
-             answer_weight=1.0)
+             answer_weight=1.0, think="fixed",  # think: fixed | dataset (sft_data.THINK_STYLES)
+             # > 0: stop SFT once the held-out answer-copy accuracy reaches this (sft.steps = the cap)
+             until_copy_accuracy=0.0, heldout_questions=40, check_every=50, min_steps=0)
     )
     c.grpo = ml_collections.ConfigDict(
         dict(
@@ -51,7 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.calibration = calibration_section()
     c.reward = ml_collections.ConfigDict(dict(answer_metric="em", cost_ref=0.0, route_rule="linear"))
-    c.eval = ml_collections.ConfigDict(dict(every=0, greedy=True, batch_size=128, after_sft=True))
+    # export_rollouts: the final evaluation's rollouts as a datasets.Dataset in <workdir>/eval_rollouts
+    c.eval = ml_collections.ConfigDict(dict(every=0, greedy=True, batch_size=128, after_sft=True,
+                                            export_rollouts=True))
     c.pool = ml_collections.ConfigDict(dict(endpoints="", cache_dir="", concurrency=32))
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
     c.log_every = 1

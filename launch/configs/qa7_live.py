@@ -18,6 +18,13 @@ def get_config():
     c.data_dir = str(base.SHARED_DATA / "qa7")
     c.model.preset = "qwen2.5-3b"
     c.model.dtype = "bfloat16"
+    # Scale defaults (the policy's ModelConfig.remat / .attention_impl):
+    # layers scanned (the default), attention through dot_product_attention ("auto" = cuDNN
+    # flash attention on GPU) and full per-layer rematerialisation, the smallest footprint for
+    # the 3B step (256 rollouts x 1024 tokens, 8 micro-batches); measure a variant with
+    # experiments/bench_scale.py --preset=qwen2.5-3b --batch=256 --microbatches=8 --remat=...
+    c.model.remat = "full"
+    c.model.attention_impl = "auto"
     c.prompt_style = "full"
     c.reward.answer_metric = "em"
     c.sft.query_style = "question"

@@ -17,6 +17,13 @@ def get_config():
     c.protocol = "single_call"
     c.reward.answer_metric = "score"
     c.calibration.preset = "recal"
+    # SFT teaches the protocol and to name the question's task in <think>, and routes each task
+    # to a model drawn at random (half the time; else uniformly): the policy learns that the
+    # choice depends on the task, not which model is good. That is left to GRPO (300 steps).
+    c.sft.steps = 150
+    c.sft.routing = "dataset_random"
+    c.sft.think = "dataset"
+    c.grpo.steps = 300
     c.grpo.max_turns = 1
     c.grpo.max_new_tokens_per_turn = 24
     c.grpo.max_total_tokens = 24

@@ -8,7 +8,7 @@ from recal_jax.calibration.config import (
 from recal_jax.calibration.dataset_scale import dataset_moments, dataset_scale, dataset_scale_ema
 from recal_jax.calibration.gating import gate_rewards, router_r1_scalar_reward, weighted_sum
 from recal_jax.calibration.reweight import group_std, variance_weights
-from recal_jax.calibration.routing_rewards import (
+from recal_jax.calibration.route_balance import (
     RouteWindow, balance_reward, ema_frequencies, init_route_window, route_reward_linear,
     route_reward_router_r1)
 from recal_jax.calibration.state import CalibrationState, init_state

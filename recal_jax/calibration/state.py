@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from recal_jax.calibration.config import CalibrationConfig
-from recal_jax.calibration.routing_rewards import RouteWindow, init_route_window
+from recal_jax.calibration.route_balance import RouteWindow, init_route_window
 
 
 class CalibrationState(NamedTuple):

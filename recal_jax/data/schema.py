@@ -9,6 +9,13 @@ from typing import Literal, Mapping, Sequence
 Protocol = Literal["multi_turn", "single_call"]
 PROTOCOLS = ("multi_turn", "single_call")
 
+
+class DataError(ValueError):
+    """Bad input on disk (a routing log, a pool description, a data file, a checkpoint): the
+    message names the file, and the line or row where there is one. The launcher prints it
+    as one line, without a traceback."""
+
+
 # dcrouter logs no token usage: its loader writes each call's cost as prices x these fixed
 # token counts (a short routed query and a short reply), USD per 1M tokens.
 ESTIMATED_PROMPT_TOKENS = 128
@@ -90,20 +97,55 @@ class RoutingRecord:
 
     @classmethod
     def from_json(cls, obj: Mapping, where: str = "record") -> "RoutingRecord":
+        """A record from its JSON object, strictly: every problem is a DataError starting with
+        `where` (file:line). Scores must be numbers in [0, 1] (booleans and strings are not),
+        costs numbers >= 0, gold answers and replies strings. Unknown fields are ignored."""
         missing = [k for k in ("id", "dataset", "question", "golden_answers", "scores") if k not in obj]
         if missing:
-            raise ValueError(f"{where}: missing field(s) {missing}")
-        if not isinstance(obj["scores"], Mapping):
-            raise ValueError(f"{where}: 'scores' must be an object mapping model -> score")
+            raise DataError(f"{where}: missing field(s) {missing}")
+        rid = obj["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+            raise DataError(f"{where}: 'id' must be a non-empty string or an integer, got {rid!r}")
+        for field in ("dataset", "question"):
+            if not isinstance(obj[field], str) or not obj[field].strip():
+                raise DataError(f"{where}: {field!r} must be a non-empty string, got {_short(obj[field])}")
+        golds = obj["golden_answers"]
+        if not isinstance(golds, (list, tuple)) or not all(isinstance(g, str) for g in golds):
+            raise DataError(f"{where}: 'golden_answers' must be a list of strings, got {_short(golds)}")
         return cls(
-            id=str(obj["id"]),
-            dataset=str(obj["dataset"]),
-            question=obj["question"],
-            golden_answers=tuple(obj["golden_answers"]),
-            scores={str(k): float(v) for k, v in obj["scores"].items()},
-            responses=dict(obj["responses"]) if obj.get("responses") is not None else None,
-            costs={str(k): float(v) for k, v in obj["costs"].items()} if obj.get("costs") is not None else None,
+            id=str(rid), dataset=obj["dataset"], question=obj["question"], golden_answers=tuple(golds),
+            scores=_number_map(obj["scores"], "scores", where, high=1.0),
+            responses=_text_map(obj.get("responses"), where),
+            costs=None if obj.get("costs") is None else _number_map(obj["costs"], "costs", where, high=math.inf),
         )
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _number_map(obj, field: str, where: str, *, high: float) -> dict[str, float]:
+    """{model: number in [0, high]} (bools and strings rejected), or a DataError naming `where`."""
+    if not isinstance(obj, Mapping):
+        raise DataError(f"{where}: {field!r} must be an object mapping model -> number, got {_short(obj)}")
+    out = {}
+    for name, value in obj.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"{where}: {field}[{name!r}] must be a number, got {type(value).__name__} {_short(value)}")
+        if not (math.isfinite(value) and 0.0 <= value <= high):
+            bounds = "in [0, 1]" if high == 1.0 else "finite and >= 0"
+            raise DataError(f"{where}: {field}[{name!r}] must be {bounds}, got {value!r}")
+        out[str(name)] = float(value)
+    return out
+
+
+def _text_map(obj, where: str) -> dict[str, str] | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, Mapping) or not all(isinstance(v, str) for v in obj.values()):
+        raise DataError(f"{where}: 'responses' must be an object mapping model -> reply text, got {_short(obj)}")
+    return {str(k): v for k, v in obj.items()}
 
 
 @dataclasses.dataclass(frozen=True)

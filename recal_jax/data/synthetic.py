@@ -23,9 +23,9 @@ from typing import Callable
 
 import numpy as np
 
-from recal_jax.data.schema import ModelInfo, RoutingLog, RoutingRecord
+from recal_jax.data.answer_text import normalize_answer
+from recal_jax.data.schema import ModelInfo, RoutingLog, RoutingRecord, estimate_tokens
 from recal_jax.data.suite import Suite
-from recal_jax.routing.answers import normalize_answer
 
 MODELS = {
     "tiny-fast": ModelInfo("tiny-fast", 0.05, 0.05, "very cheap and fast; fine for simple well-known facts"),
@@ -175,10 +175,6 @@ def _rng(seed: int, *keys: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _tokens(text: str) -> int:
-    return max(1, -(-len(text) // 4))
-
-
 def _wrong_answers(gold: str, kind: str, vocab: dict[str, list[str]]) -> list[str]:
     """Plausible wrong answers: nearby numbers, else same-kind answers; never containing the gold."""
     if kind == "number":
@@ -210,7 +206,7 @@ def _record(seed: int, family: str, question: str, gold: str, wrong: list[str], 
         info = MODELS[m]
         scores[m] = float(correct)
         responses[m] = reply
-        costs[m] = (info.price_in * (_tokens(question) + 40) + info.price_out * _tokens(reply)) / 1e6
+        costs[m] = (info.price_in * (estimate_tokens(question) + 40) + info.price_out * estimate_tokens(reply)) / 1e6
     return RoutingRecord(id=rid, dataset=family, question=question, golden_answers=(gold,), scores=scores,
                          responses=responses, costs=costs)
 

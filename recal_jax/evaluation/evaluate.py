@@ -10,36 +10,47 @@ import jax
 import numpy as np
 
 from recal_jax.data.schema import RoutingLog
+from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES
 from recal_jax.evaluation.reference_routers import RouterResult, reference_routers
 from recal_jax.rollout.runner import RolloutRunner, dataset_ids
 from recal_jax.rollout.sampler import GREEDY, SamplingOptions
 
 
-def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq_m,
-                    batch_size: int = 128, sampling: SamplingOptions = GREEDY) -> dict[str, Any]:
-    """One rollout per test record, greedy by default (spec section 10: the result does not
-    depend on `key`); any other `sampling` is a sampled evaluation. Returns a JSON-able dict:
-    accuracy, per_dataset, cost_total, cost_per_query, format_valid, route_share (overall and
-    per dataset), calls_per_query."""
-    if len(log) == 0:
-        raise ValueError(f"cannot evaluate on the empty log {log.name!r}")
-    names = log.model_names
-    answer, cost, fmt, calls = [], [], [], []
-    counts_dm = np.zeros((len(log.datasets), len(names)))
-    ids_all = []
+def _evaluation_rollouts(runner: RolloutRunner, params, log: RoutingLog, key, *, batch_size: int,
+                         sampling: SamplingOptions, on_batch=None) -> dict[str, np.ndarray]:
+    """One rollout per record of `log`, in batches -> answer f32[N], cost f32[N], format_ok
+    bool[N], calls_nm i32[N,M] (calls per model), dataset_id i32[N]."""
+    parts: dict[str, list[np.ndarray]] = collections.defaultdict(list)
     for start in range(0, len(log), batch_size):
         records = log.records[start:start + batch_size]
         key, sub = jax.random.split(key)
-        _, rewards = runner.run(params, records, 1, sub, sampling=sampling, freq_m=freq_m)
-        ids = dataset_ids(log, records)
-        answer.append(rewards.rewards_ugk[:, 0, 1])
-        cost.append(rewards.cost_ug[:, 0])
-        fmt.append(rewards.format_ok_ug[:, 0])
-        calls.append(rewards.call_counts_ugm[:, 0].sum(-1))
-        np.add.at(counts_dm, ids, rewards.call_counts_ugm[:, 0])
-        ids_all.append(ids)
-    answer, cost, fmt = np.concatenate(answer), np.concatenate(cost), np.concatenate(fmt)
-    ids_all = np.concatenate(ids_all)
+        rollout, rewards = runner.run(params, records, 1, sub, sampling=sampling)
+        if on_batch is not None:
+            on_batch(records, rollout, rewards)
+        parts["answer"].append(rewards.answer_ug[:, 0])
+        parts["cost"].append(rewards.cost_ug[:, 0])
+        parts["format_ok"].append(rewards.format_ok_ug[:, 0])
+        parts["calls_nm"].append(rewards.call_counts_ugm[:, 0])
+        parts["dataset_id"].append(dataset_ids(log, records))
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *,
+                    batch_size: int = 128, sampling: SamplingOptions = GREEDY, on_batch=None) -> dict[str, Any]:
+    """One rollout per test record, greedy by default (spec section 10: the result does not
+    depend on `key`); any other `sampling` is a sampled evaluation. Uses only what the
+    environment reports (answer, cost, format, calls): no calibration state. Returns a
+    JSON-able dict: accuracy, per_dataset, cost_total, cost_per_query, format_valid,
+    route_share (overall and per dataset), calls_per_query. `on_batch(records, rollout,
+    rewards)`, when given, sees every batch (rollout_export.RolloutCollector keeps them)."""
+    if len(log) == 0:
+        raise ValueError(f"cannot evaluate on the empty log {log.name!r}")
+    names = log.model_names
+    out = _evaluation_rollouts(runner, params, log, key, batch_size=batch_size, sampling=sampling,
+                               on_batch=on_batch)
+    answer, cost, ids_all = out["answer"], out["cost"], out["dataset_id"]
+    counts_dm = np.zeros((len(log.datasets), len(names)))
+    np.add.at(counts_dm, ids_all, out["calls_nm"])
     per_dataset = {name: float(answer[ids_all == d].mean())
                    for d, name in enumerate(log.datasets) if (ids_all == d).any()}
     total_calls = counts_dm.sum()
@@ -54,15 +65,18 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *, freq
         "per_dataset": per_dataset,
         "cost_total": float(cost.sum()),
         "cost_per_query": float(cost.mean()),
-        "format_valid": float(fmt.mean()),
-        "calls_per_query": float(np.concatenate(calls).mean()),
+        "format_valid": float(out["format_ok"].mean()),
+        "calls_per_query": float(out["calls_nm"].sum(-1).mean()),
         "route_share": share,
         "route_share_by_dataset": share_by_dataset,
     }
 
 
 def results_table(policy: dict[str, Any], references: dict[str, RouterResult], datasets, policy_name: str) -> str:
-    """A markdown table: the trained policy, then the reference routers (accuracy per dataset, cost)."""
+    """A markdown table: the trained policy, then the reference routers (accuracy per dataset,
+    cost): random, best single, oracle, cheapest correct, the classical routers at lambda = 0
+    (knn, linear, softmax; present when the references were fit on a train split), then each
+    single model."""
     short = list(datasets)
     head = "| router | avg acc | " + " | ".join(short) + " | cost/query (USD) | format ok |"
     sep = "|" + "---|" * (len(datasets) + 4)
@@ -74,9 +88,10 @@ def results_table(policy: dict[str, Any], references: dict[str, RouterResult], d
 
     rows.append(row(policy_name, policy["accuracy"], policy["per_dataset"], policy["cost_per_query"],
                     f"{policy['format_valid']:.3f}"))
-    for key in ("random", "best_single", "oracle", "cheapest_correct"):
-        r = references[key]
-        rows.append(row(r.name, r.accuracy, r.per_dataset, r.cost_per_query, "-"))
+    for key in ("random", "best_single", "oracle", "cheapest_correct", *CLASSICAL_NAMES):
+        if key in references:
+            r = references[key]
+            rows.append(row(r.name, r.accuracy, r.per_dataset, r.cost_per_query, "-"))
     for key, r in references.items():
         if key.startswith("single:"):
             rows.append(row(r.name, r.accuracy, r.per_dataset, r.cost_per_query, "-"))

@@ -50,14 +50,50 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
     return flat
 
 
+GRPO_PHASES = ("train", "eval")  # rows a GRPO resume rewrites; "sft" and "eval_sft" come before GRPO
+SFT_EVAL_FILE = "eval_sft.json"
+
+
+def _parse_rows(text: str) -> tuple[list[dict], int]:
+    """The JSON rows of metrics.jsonl text and how many lines were not rows (a line cut by a
+    kill in the middle of a write)."""
+    rows, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def dedupe_rows(rows: list[dict]) -> list[dict]:
+    """One row per (phase, step): the last one written, at the place of its last writing (a
+    step redone after a restart replaces the row of the attempt that was killed)."""
+    last = {(row.get("phase"), row.get("step")): i for i, row in enumerate(rows)}
+    return [row for i, row in enumerate(rows) if last[(row.get("phase"), row.get("step"))] == i]
+
+
 class RunDir:
-    """Writes a run's artefacts. Appending to metrics.jsonl is safe across resumes:
-    rows with step >= the resume step are dropped first, so a resumed run has no duplicates."""
+    """Writes a run's artefacts, crash-safe across restarts of the same run.
+
+    metrics.jsonl holds one row per (phase, step): reading keeps the last row written for
+    each, and the file itself is compacted so when the RunDir is opened and closed (a line
+    cut by a kill is dropped). `truncate_metrics(k)` drops the GRPO rows of steps >= k (a
+    resume from GRPO step k redoes them); SFT rows are never dropped by a GRPO resume.
+    The after-SFT evaluation is kept in eval_sft.json, so a resumed run's summary has it."""
 
     def __init__(self, path: str | os.PathLike, *, tensorboard: bool = True):
         self.path = pathlib.Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
+        self._compact()
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -69,15 +105,36 @@ class RunDir:
             config = config.to_dict()
         self._write_json("config.json", _to_jsonable(config))
 
-    def truncate_metrics(self, from_step: int) -> None:
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.read_metrics() if line.get("step", -1) < from_step]
+    def _rewrite_metrics(self, rows: list[dict]) -> None:
         tmp = self.metrics_path.with_suffix(".tmp")
         with tmp.open("w") as f:
-            for row in kept:
+            for row in rows:
                 f.write(json.dumps(row) + "\n")
         os.replace(tmp, self.metrics_path)
+
+    def _compact(self) -> None:
+        """Rewrites metrics.jsonl without cut lines and duplicate (phase, step) rows, if it has any."""
+        if not self.metrics_path.exists():
+            return
+        text = self.metrics_path.read_text()
+        rows, bad = _parse_rows(text)
+        kept = dedupe_rows(rows)
+        if bad or len(kept) != len(rows) or (text and not text.endswith("\n")):
+            self._rewrite_metrics(kept)
+
+    def truncate_metrics(self, from_step: int, phases: tuple[str, ...] | None = GRPO_PHASES) -> None:
+        """Drops the rows of `phases` (None: every phase) with step >= from_step."""
+        if not self.metrics_path.exists():
+            return
+        kept = [row for row in self.read_metrics()
+                if row.get("step", -1) < from_step or (phases is not None and row.get("phase") not in phases)]
+        self._rewrite_metrics(kept)
+
+    def start_fresh(self) -> None:
+        """A run that starts with no checkpoint: no GRPO row and no after-SFT result of an earlier
+        attempt survives (SFT rows are rewritten step by step by the new SFT)."""
+        self.truncate_metrics(0)
+        (self.path / SFT_EVAL_FILE).unlink(missing_ok=True)
 
     def log(self, step: int, metrics: Mapping[str, Any], phase: str = "train") -> dict[str, float]:
         flat = flatten_metrics(metrics)
@@ -91,15 +148,24 @@ class RunDir:
         return flat
 
     def read_metrics(self, phase: str | None = None) -> list[dict]:
+        """The rows of `phase` (None: all), one per (phase, step) (the last written)."""
         if not self.metrics_path.exists():
             return []
-        rows = []
-        for line in self.metrics_path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if phase is None or row.get("phase") == phase:
-                    rows.append(row)
-        return rows
+        rows = dedupe_rows(_parse_rows(self.metrics_path.read_text())[0])
+        return [row for row in rows if phase is None or row.get("phase") == phase]
+
+    def write_sft_eval(self, result: Mapping[str, Any]) -> None:
+        """The after-SFT evaluation (summary's sft_policy), kept for the summary of a resumed run."""
+        self._write_json(SFT_EVAL_FILE, _to_jsonable(result))
+
+    def read_sft_eval(self) -> dict | None:
+        path = self.path / SFT_EVAL_FILE
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:  # cannot happen with the atomic write; never fatal
+            return None
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         self._write_json("summary.json", _to_jsonable(summary))
@@ -113,3 +179,4 @@ class RunDir:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        self._compact()

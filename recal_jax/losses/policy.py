@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from recal_jax.losses.aggregation import aggregate_terms, check_mode, masked
+from recal_jax.losses.aggregation import aggregate_terms, check_mode
 from recal_jax.losses.kl import KL_KINDS, LOG_RATIO_CLIP, kl_penalty
 from recal_jax.losses.terms import LossTerms
 
@@ -24,21 +24,10 @@ def _check_inputs(logp, logp_old, advantages, loss_mask, logp_ref, entropy):
         )
 
 
-def policy_loss(
-    logp: jax.Array,
-    logp_old: jax.Array,
-    advantages: jax.Array,
-    loss_mask: jax.Array,
-    *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    agg: str = "token-mean",
-    logp_ref: jax.Array | None = None,
-    kl_coef: float = 0.0,
-    kl_kind: str = "k3",
-    entropy: jax.Array | None = None,
-) -> tuple[LossTerms, dict]:
+def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, loss_mask: jax.Array, *,
+                clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
+                agg: str = "token-mean", logp_ref: jax.Array | None = None, kl_coef: float = 0.0,
+                kl_kind: str = "k3", entropy: jax.Array | None = None) -> tuple[LossTerms, dict]:
     """Clipped surrogate loss with optional dual clip and KL penalty.
 
     Args:
@@ -69,6 +58,32 @@ def policy_loss(
           reduce them across micro-batches with min / max.
     """
     _check_inputs(logp, logp_old, advantages, loss_mask, logp_ref, entropy)
+    _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref)
+    logp = jnp.asarray(logp, jnp.float32)
+    logp_old = jnp.asarray(logp_old, jnp.float32)
+    mask = jnp.asarray(loss_mask, jnp.float32)
+    adv = jnp.asarray(advantages, jnp.float32)
+    adv_bt = jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, logp.shape)
+    pg_bt, ratio_bt, dual_active_bt = clipped_surrogate(logp, logp_old, adv_bt, clip_low=clip_low,
+                                                        clip_high=clip_high, dual_clip=dual_clip)
+    loss_bt = pg_bt
+    aux = {}
+    if logp_ref is not None:
+        kl_bt = kl_penalty(logp, logp_ref, kl_kind)
+        if kl_coef != 0.0:
+            loss_bt = loss_bt + kl_coef * kl_bt
+        aux["kl"] = aggregate_terms(jax.lax.stop_gradient(kl_bt), mask, "token-mean")
+    loss = aggregate_terms(loss_bt, mask, agg)
+    aux.update(_surrogate_metrics(pg_bt, ratio_bt, dual_active_bt, adv_bt, logp, logp_old, mask,
+                                  clip_low=clip_low, clip_high=clip_high, agg=agg))
+    if entropy is not None:
+        aux["entropy"] = aggregate_terms(jax.lax.stop_gradient(jnp.asarray(entropy, jnp.float32)), mask,
+                                         "token-mean")
+    aux.update(_ratio_extremes(ratio_bt, mask))
+    return loss, aux
+
+
+def _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref) -> None:
     check_mode(agg)
     if kl_kind not in KL_KINDS:
         raise ValueError(f"unknown KL estimator {kl_kind!r}; expected one of {KL_KINDS}")
@@ -80,13 +95,17 @@ def policy_loss(
     if kl_coef != 0.0 and logp_ref is None:
         raise ValueError("policy_loss: kl_coef != 0 needs logp_ref")
 
-    logp = jnp.asarray(logp, jnp.float32)
-    logp_old = jnp.asarray(logp_old, jnp.float32)
-    mask = jnp.asarray(loss_mask, jnp.float32)
-    adv = jnp.asarray(advantages, jnp.float32)
-    adv_bt = jnp.broadcast_to(adv[:, None] if adv.ndim == 1 else adv, logp.shape)
 
-    log_ratio = jnp.clip(logp - logp_old, -LOG_RATIO_CLIP, LOG_RATIO_CLIP)
+def clipped_surrogate(logp_bt, logp_old_bt, adv_bt, *, clip_low: float = 0.2, clip_high: float = 0.2,
+                      dual_clip: float | None = None):
+    """Per-token clipped surrogate (spec section 7) -> (loss f32[B,T], ratio f32[B,T],
+    dual_active bool[B,T]).
+
+    rho = exp(clip(logp - logp_old, -20, 20)); l = max(-A rho, -A clip(rho, 1 - clip_low,
+    1 + clip_high)); with dual_clip c, where A < 0: l = min(l, -A c) (dual_active: the cap binds).
+    All inputs f32[B,T] (advantages broadcast per token).
+    """
+    log_ratio = jnp.clip(logp_bt - logp_old_bt, -LOG_RATIO_CLIP, LOG_RATIO_CLIP)
     ratio = jnp.exp(log_ratio)
     unclipped = -adv_bt * ratio
     clipped = -adv_bt * jnp.clip(ratio, 1.0 - clip_low, 1.0 + clip_high)
@@ -96,34 +115,35 @@ def policy_loss(
         dual_active = (adv_bt < 0) & (capped < pg_bt)
         pg_bt = jnp.where(adv_bt < 0, capped, pg_bt)
     else:
-        dual_active = jnp.zeros(logp.shape, bool)
+        dual_active = jnp.zeros(logp_bt.shape, bool)
+    return pg_bt, ratio, dual_active
 
-    loss_bt = pg_bt
-    aux = {}
-    if logp_ref is not None:
-        kl_bt = kl_penalty(logp, logp_ref, kl_kind)
-        if kl_coef != 0.0:
-            loss_bt = loss_bt + kl_coef * kl_bt
-        aux["kl"] = aggregate_terms(jax.lax.stop_gradient(kl_bt), mask, "token-mean")
 
-    loss = aggregate_terms(loss_bt, mask, agg)
-
+def _surrogate_metrics(pg_bt, ratio_bt, dual_active_bt, adv_bt, logp_bt, logp_old_bt, mask_bt, *,
+                       clip_low, clip_high, agg) -> dict:
+    """LossTerms metrics of the surrogate (no gradient): pg_loss, clip / dual-clip fractions,
+    approx_kl, ratio_mean."""
     sg = jax.lax.stop_gradient
-    ratio_sg = sg(ratio)
-    frac = lambda cond: aggregate_terms(cond.astype(jnp.float32), mask, "token-mean")
-    aux["pg_loss"] = aggregate_terms(sg(pg_bt), mask, agg)
-    aux["clipfrac_high"] = frac((adv_bt > 0) & (ratio_sg > 1.0 + clip_high))
-    aux["clipfrac_low"] = frac((adv_bt < 0) & (ratio_sg < 1.0 - clip_low))
-    aux["dualclip_frac"] = frac(sg(dual_active))
-    aux["approx_kl"] = aggregate_terms(
-        kl_penalty(sg(logp_old), sg(logp), "k3"), mask, "token-mean")
-    aux["ratio_mean"] = aggregate_terms(ratio_sg, mask, "token-mean")
-    if entropy is not None:
-        aux["entropy"] = aggregate_terms(sg(jnp.asarray(entropy, jnp.float32)), mask,
-                                         "token-mean")
-    has_any = jnp.any(mask != 0)
-    aux["ratio_min"] = jnp.where(
-        has_any, jnp.min(jnp.where(mask != 0, ratio_sg, jnp.inf)), 1.0)
-    aux["ratio_max"] = jnp.where(
-        has_any, jnp.max(jnp.where(mask != 0, ratio_sg, -jnp.inf)), 1.0)
-    return loss, aux
+    ratio_sg = sg(ratio_bt)
+
+    def frac(cond):
+        return aggregate_terms(cond.astype(jnp.float32), mask_bt, "token-mean")
+
+    return {
+        "pg_loss": aggregate_terms(sg(pg_bt), mask_bt, agg),
+        "clipfrac_high": frac((adv_bt > 0) & (ratio_sg > 1.0 + clip_high)),
+        "clipfrac_low": frac((adv_bt < 0) & (ratio_sg < 1.0 - clip_low)),
+        "dualclip_frac": frac(sg(dual_active_bt)),
+        "approx_kl": aggregate_terms(kl_penalty(sg(logp_old_bt), sg(logp_bt), "k3"), mask_bt, "token-mean"),
+        "ratio_mean": aggregate_terms(ratio_sg, mask_bt, "token-mean"),
+    }
+
+
+def _ratio_extremes(ratio_bt, mask_bt) -> dict:
+    """ratio_min / ratio_max over masked tokens (1.0 when no token counts), no gradient."""
+    ratio_sg = jax.lax.stop_gradient(ratio_bt)
+    has_any = jnp.any(mask_bt != 0)
+    return {
+        "ratio_min": jnp.where(has_any, jnp.min(jnp.where(mask_bt != 0, ratio_sg, jnp.inf)), 1.0),
+        "ratio_max": jnp.where(has_any, jnp.max(jnp.where(mask_bt != 0, ratio_sg, -jnp.inf)), 1.0),
+    }

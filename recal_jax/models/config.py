@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 _DTYPES = {
@@ -11,6 +12,29 @@ _DTYPES = {
     "bfloat16": jnp.bfloat16,
     "float16": jnp.float16,
 }
+
+
+# Rematerialisation policies of the layer scan: name -> jax.checkpoint policy
+# ("none" = no rematerialisation). "full" saves only each layer's input; "save_dots" also
+# keeps the weight matmuls (projections, MLP; not the batched attention products);
+# "save_attn" keeps each layer's attention output (checkpoint_name "attn_out").
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attn": jax.checkpoint_policies.save_only_these_names("attn_out"),
+}
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def _remat_name(value: Any) -> str:
+    """Policy name of `value`; a bool is the old flag (True = "full", False = "none")."""
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    if not isinstance(value, str) or value not in REMAT_POLICIES:
+        raise ValueError(f"ModelConfig.remat {value!r} is not one of {sorted(REMAT_POLICIES)} "
+                         "(or a bool: True = 'full')")
+    return value
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -26,6 +50,13 @@ class ModelConfig:
 
     `param_dtype` is the storage dtype of the weights, `dtype` the compute dtype of
     the matmuls; softmax, norms and RoPE always run in float32, logits come out float32.
+    remat: name of the per-layer rematerialisation policy (REMAT_POLICIES; a bool is
+    accepted: True = "full", False = "none"). scan_layers: run the stacked layers with
+    lax.scan (compile time independent of depth) rather than an unrolled Python loop
+    (same parameters either way). attention_impl: jax.nn.dot_product_attention backend,
+    "auto" = "cudnn" on GPU with a 16-bit compute dtype, else "xla".
+    attention_query_chunk: with "xla", the full forward attends in blocks of this many
+    queries (scores of one block at a time); 0 = all queries at once.
     """
 
     vocab_size: int
@@ -42,7 +73,10 @@ class ModelConfig:
     qkv_bias: bool = True
     param_dtype: Any = jnp.float32
     dtype: Any = jnp.float32
-    remat: bool = False  # recompute each layer's activations in the backward pass
+    remat: str = "none"
+    scan_layers: bool = True
+    attention_impl: str = "auto"
+    attention_query_chunk: int = 512
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
@@ -69,9 +103,31 @@ class ModelConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if not self.rms_norm_eps > 0:
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        object.__setattr__(self, "remat", _remat_name(self.remat))
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"ModelConfig.scan_layers must be a bool, got {self.scan_layers!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention_impl {self.attention_impl!r} is not one "
+                             f"of {ATTENTION_IMPLS}")
+        if isinstance(self.attention_query_chunk, bool) \
+                or not isinstance(self.attention_query_chunk, int) or self.attention_query_chunk < 0:
+            raise ValueError(f"ModelConfig.attention_query_chunk must be an int >= 0, got "
+                             f"{self.attention_query_chunk!r}")
         # Normalise dtypes to jnp scalar types (accepts strings such as "bfloat16").
         object.__setattr__(self, "param_dtype", _DTYPES[_dtype_name(self.param_dtype)])
         object.__setattr__(self, "dtype", _DTYPES[_dtype_name(self.dtype)])
+
+    @property
+    def remat_policy(self):
+        """The jax.checkpoint policy of `remat` (None for "none": no rematerialisation)."""
+        return REMAT_POLICIES[self.remat]
+
+    def resolved_attention_impl(self) -> str:
+        """"xla" or "cudnn": `attention_impl` with "auto" resolved for the default backend."""
+        if self.attention_impl != "auto":
+            return self.attention_impl
+        half = jnp.dtype(self.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
 
     @property
     def num_groups(self) -> int:

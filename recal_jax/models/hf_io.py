@@ -1,14 +1,17 @@
 """Load and save Qwen2 weights in the Hugging Face layout (config.json + safetensors).
 
-Tensors are read memory-mapped, one at a time, converted to our layout on the host and
-placed straight onto their target sharding, so a checkpoint never sits in memory twice.
+Tensors are read memory-mapped, converted to our layout on the host one variable at a time
+(the L per-layer HF tensors of a stacked `layers.*` variable fill its slices) and placed
+straight onto their target sharding, so at most one variable is on the host at a time.
+Saving fetches one layer's slice at a time.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,16 +109,23 @@ def _write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.d
 
 # -- name and layout mapping ----------------------------------------------------------------
 
-def _param_map(cfg: ModelConfig):
-    """[(hf_name, hf_shape, our_path, to_ours(np) -> np, to_hf(np) -> np)]."""
-    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+class _Entry(NamedTuple):
+    """One HF tensor: its name and shape, our variable's path, the layer it fills in that
+    (stacked) variable or None, and the layout conversions of one (unstacked) tensor."""
+
+    hf_name: str
+    hf_shape: tuple[int, ...]
+    path: tuple[str, ...]
+    layer: int | None
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _layer_entries(cfg: ModelConfig, i: int) -> list[_Entry]:
+    """The HF tensors of layer i, each filling slice i of a stacked `layers.*` variable."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
     h, k, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-
-    def ident(x):
-        return x
-
-    def transpose(x):
-        return x.T
+    pre = f"model.layers.{i}."
 
     def heads_in(n):  # HF [n*dh, d] <-> ours [d, n, dh]
         return (lambda w: w.T.reshape(d, n, dh)), (lambda w: w.reshape(d, n * dh).T)
@@ -124,39 +134,58 @@ def _param_map(cfg: ModelConfig):
         return (lambda b: b.reshape(n, dh)), (lambda b: b.reshape(n * dh))
 
     o_in = (lambda w: w.T.reshape(h, dh, d)), (lambda w: w.reshape(h * dh, d).T)
+    transpose = (np.transpose, np.transpose)
+    ident = (_ident, _ident)
+    rows = []
+    for name, n in (("q", h), ("k", k), ("v", k)):
+        rows.append((f"self_attn.{name}_proj.weight", (n * dh, d), ("attn", f"{name}_kernel"),
+                     heads_in(n)))
+        if cfg.qkv_bias:
+            rows.append((f"self_attn.{name}_proj.bias", (n * dh,), ("attn", f"{name}_bias"),
+                         heads_bias(n)))
+    rows += [
+        ("self_attn.o_proj.weight", (d, h * dh), ("attn", "o_kernel"), o_in),
+        ("mlp.gate_proj.weight", (f, d), ("mlp", "gate_kernel"), transpose),
+        ("mlp.up_proj.weight", (f, d), ("mlp", "up_kernel"), transpose),
+        ("mlp.down_proj.weight", (d, f), ("mlp", "down_kernel"), transpose),
+        ("input_layernorm.weight", (d,), ("input_norm", "weight"), ident),
+        ("post_attention_layernorm.weight", (d,), ("post_attn_norm", "weight"), ident),
+    ]
+    return [_Entry(pre + name, shape, ("layers", *path), i, *fns)
+            for name, shape, path, fns in rows]
 
-    entries = [("model.embed_tokens.weight", (v, d), ("embed",), ident, ident)]
+
+def _ident(x):
+    return x
+
+
+def _param_map(cfg: ModelConfig) -> list[_Entry]:
+    """Every HF tensor of a Qwen2ForCausalLM of `cfg`, in HF order."""
+    d, v = cfg.hidden_size, cfg.vocab_size
+    entries = [_Entry("model.embed_tokens.weight", (v, d), ("embed",), None, _ident, _ident)]
     for i in range(cfg.num_layers):
-        pre, ours = f"model.layers.{i}.", ("layers", i)
-        attn = ours + ("attn",)
-        for name, n in (("q", h), ("k", k), ("v", k)):
-            entries.append((pre + f"self_attn.{name}_proj.weight", (n * dh, d),
-                            attn + (f"{name}_kernel",), *heads_in(n)))
-            if cfg.qkv_bias:
-                entries.append((pre + f"self_attn.{name}_proj.bias", (n * dh,),
-                                attn + (f"{name}_bias",), *heads_bias(n)))
-        entries.append((pre + "self_attn.o_proj.weight", (d, h * dh), attn + ("o_kernel",),
-                        *o_in))
-        mlp = ours + ("mlp",)
-        entries += [
-            (pre + "mlp.gate_proj.weight", (f, d), mlp + ("gate_kernel",), transpose, transpose),
-            (pre + "mlp.up_proj.weight", (f, d), mlp + ("up_kernel",), transpose, transpose),
-            (pre + "mlp.down_proj.weight", (d, f), mlp + ("down_kernel",), transpose, transpose),
-            (pre + "input_layernorm.weight", (d,), ours + ("input_norm", "weight"), ident, ident),
-            (pre + "post_attention_layernorm.weight", (d,),
-             ours + ("post_attn_norm", "weight"), ident, ident),
-        ]
-    entries.append(("model.norm.weight", (d,), ("final_norm", "weight"), ident, ident))
+        entries += _layer_entries(cfg, i)
+    entries.append(_Entry("model.norm.weight", (d,), ("final_norm", "weight"), None,
+                          _ident, _ident))
     if not cfg.tie_word_embeddings:
-        entries.append(("lm_head.weight", (v, d), ("lm_head",), transpose, transpose))
+        entries.append(_Entry("lm_head.weight", (v, d), ("lm_head",), None,
+                              np.transpose, np.transpose))
     return entries
 
 
 def _variable(model: nnx.Module, path: tuple) -> nnx.Variable:
     node = model
     for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
+        node = getattr(node, part)
     return node
+
+
+def _by_variable(entries: list[_Entry]) -> dict[tuple, list[_Entry]]:
+    """Entries grouped by our variable path (a stacked variable: its L layers in order)."""
+    groups: dict[tuple, list[_Entry]] = {}
+    for entry in entries:
+        groups.setdefault(entry.path, []).append(entry)
+    return groups
 
 
 # -- public API -----------------------------------------------------------------------------
@@ -171,29 +200,31 @@ def load_config(path: str, **overrides) -> ModelConfig:
 
 
 def from_pretrained(path: str, dtype=jnp.float32, mesh: jax.sharding.Mesh | None = None, *,
-                    compute_dtype=None, tensor_parallel: bool | None = None
-                    ) -> tuple[Qwen2, ModelConfig]:
+                    compute_dtype=None, tensor_parallel: bool | None = None,
+                    **overrides) -> tuple[Qwen2, ModelConfig]:
     """Builds a Qwen2 from a local HF directory (config.json + safetensors).
 
     dtype: parameter dtype (compute dtype too unless `compute_dtype` is given).
+    overrides: other ModelConfig fields that config.json does not set (remat,
+    scan_layers, attention_impl).
     mesh: if given, each tensor goes straight to its `param_shardings` sharding.
     Raises one ValueError listing every missing, unexpected and mis-shaped tensor.
     """
     if not os.path.isdir(path):
         raise ValueError(f"{path} is not a directory")
     config = load_config(path, param_dtype=dtype,
-                         dtype=dtype if compute_dtype is None else compute_dtype)
+                         dtype=dtype if compute_dtype is None else compute_dtype, **overrides)
     where = _open_checkpoint(path)
     entries = _param_map(config)
 
-    expected = {name for name, *_ in entries}
+    expected = {e.hf_name for e in entries}
     missing = sorted(expected - set(where))
     ignorable = {"lm_head.weight"} if config.tie_word_embeddings else set()
     unexpected = sorted(n for n in set(where) - expected
                         if n not in ignorable and not n.endswith(_IGNORED_SUFFIXES))
-    mismatched = [f"{name}: checkpoint {where[name].shape(name)} vs expected {shape}"
-                  for name, shape, *_ in entries
-                  if name in where and where[name].shape(name) != shape]
+    mismatched = [f"{e.hf_name}: checkpoint {where[e.hf_name].shape(e.hf_name)} vs expected "
+                  f"{e.hf_shape}" for e in entries
+                  if e.hf_name in where and where[e.hf_name].shape(e.hf_name) != e.hf_shape]
     problems = []
     if missing:
         problems.append(f"missing keys ({len(missing)}): {missing}")
@@ -209,9 +240,9 @@ def from_pretrained(path: str, dtype=jnp.float32, mesh: jax.sharding.Mesh | None
     if mesh is not None:
         from recal_jax.models.sharding import param_shardings
         shardings = param_shardings(model, mesh, tensor_parallel)
-    param_dtype = np.dtype(config.param_dtype)
-    for name, _, our_path, to_ours, _ in entries:
-        host = np.ascontiguousarray(to_ours(where[name].get(name))).astype(param_dtype)
+    for our_path, group in _by_variable(entries).items():
+        var = _variable(model, our_path)
+        host = _host_value(where, group, var.get_value().shape, np.dtype(config.param_dtype))
         if shardings is None:
             value = jnp.asarray(host)
         else:
@@ -219,9 +250,29 @@ def from_pretrained(path: str, dtype=jnp.float32, mesh: jax.sharding.Mesh | None
             for part in our_path:
                 sharding = sharding[part]
             value = jax.device_put(host, sharding.get_value())
-        _variable(model, our_path).set_value(value)
+        var.set_value(value)
         del host
     return model, config
+
+
+def _host_value(where: dict, group: list[_Entry], shape: tuple[int, ...],
+                dtype: np.dtype) -> np.ndarray:
+    """One variable of ours on the host: a single tensor, or L layers stacked."""
+    if group[0].layer is None:
+        (e,) = group
+        return np.ascontiguousarray(e.to_ours(where[e.hf_name].get(e.hf_name))).astype(dtype)
+    host = np.empty(shape, dtype)
+    for e in group:
+        host[e.layer] = e.to_ours(where[e.hf_name].get(e.hf_name))
+    return host
+
+
+def _fetch_hf(var: nnx.Variable, entry: _Entry, dtype: np.dtype) -> np.ndarray:
+    """The HF tensor of `entry` from our variable: only its layer's slice leaves the device."""
+    value = var.get_value()
+    if entry.layer is not None:
+        value = value[entry.layer]
+    return entry.to_hf(np.asarray(jax.device_get(value)).astype(dtype))
 
 
 def save_pretrained(model: Qwen2, path: str, config: ModelConfig | None = None) -> None:
@@ -233,23 +284,27 @@ def save_pretrained(model: Qwen2, path: str, config: ModelConfig | None = None) 
     if not isinstance(config, ModelConfig):
         raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
     entries = _param_map(config)
-    for name, hf_shape, our_path, _, to_hf in entries:
+    for e in entries:
         try:
-            var = _variable(model, our_path)
-        except (AttributeError, IndexError) as e:
-            raise ValueError(f"model has no parameter for {name} ({our_path}): {e}") from None
-        shape = to_hf(np.empty(var.get_value().shape, np.bool_)).shape
-        if shape != hf_shape:
-            raise ValueError(f"{name}: model parameter gives shape {shape}, config expects "
-                             f"{hf_shape}")
+            var = _variable(model, e.path)
+        except AttributeError as err:
+            raise ValueError(f"model has no parameter for {e.hf_name} ({e.path}): {err}") \
+                from None
+        shape = var.get_value().shape
+        if e.layer is not None:
+            if len(shape) < 1 or shape[0] != config.num_layers:
+                raise ValueError(f"{e.hf_name}: {e.path} has shape {shape}, expected a leading "
+                                 f"layer axis of {config.num_layers}")
+            shape = shape[1:]
+        shape = e.to_hf(np.empty(shape, np.bool_)).shape
+        if shape != e.hf_shape:
+            raise ValueError(f"{e.hf_name}: model parameter gives shape {shape}, config "
+                             f"expects {e.hf_shape}")
     os.makedirs(path, exist_ok=True)
     dtype = np.dtype(config.param_dtype)
-    tensors = [
-        (name, hf_shape, dtype,
-         (lambda p=our_path, f=to_hf: f(np.asarray(jax.device_get(_variable(model, p).get_value()))
-                                        .astype(dtype))))
-        for name, hf_shape, our_path, _, to_hf in entries
-    ]
+    tensors = [(e.hf_name, e.hf_shape, dtype,
+                functools.partial(_fetch_hf, _variable(model, e.path), e, dtype))
+               for e in entries]
     _write_safetensors(os.path.join(path, "model.safetensors"), tensors)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config.to_hf_config(), f, indent=2)

@@ -1,25 +1,32 @@
 """Building blocks of the Qwen2 decoder: RMSNorm, RoPE, GQA attention, SwiGLU MLP.
 
 Every parameter carries its logical axis names in the `logical_axes` metadata
-(names: 'embed', 'mlp', 'heads', 'kv' (= head_dim), 'vocab', None = never sharded);
-`recal_jax.models.sharding` maps them to mesh axes.
+(names: 'layers' (the stacked-layer axis, never sharded), 'embed', 'mlp', 'heads',
+'kv' (= head_dim), 'vocab', None = never tensor-sharded); `recal_jax.models.sharding`
+maps them to mesh axes. A module built with `stack=L` holds L layers' parameters, each
+with a leading 'layers' axis; the model runs one layer at a time on a slice of that
+stack (see `Qwen2`), so the per-layer code below never sees the stack axis.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from recal_jax.models.config import ModelConfig
 
 _INIT_STD = 0.02
-_MASK_VALUE = -1e30  # finite, so fully masked rows give a uniform softmax instead of NaN
 
 
-def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype, axes: tuple, init: str = "normal"):
-    """An nnx.Param of `shape` with logical axis names `axes` (one per dim)."""
+def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype, axes: tuple, init: str = "normal",
+          stack: int | None = None):
+    """An nnx.Param of `shape` with logical axis names `axes` (one per dim); with `stack`,
+    of shape (stack, *shape) with axes ('layers', *axes)."""
     if len(axes) != len(shape):
         raise ValueError(f"axes {axes} do not match shape {shape}")
+    if stack is not None:
+        shape, axes = (stack, *shape), ("layers", *axes)
     if init == "normal":
         value = _INIT_STD * jax.random.normal(rngs.params(), shape, jnp.float32)
     elif init == "ones":
@@ -34,8 +41,9 @@ def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype, axes: tuple, ini
 class RMSNorm(nnx.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (as HF Qwen2RMSNorm)."""
 
-    def __init__(self, dim: int, eps: float, param_dtype, dtype, *, rngs: nnx.Rngs):
-        self.weight = param(rngs, (dim,), param_dtype, (None,), init="ones")
+    def __init__(self, dim: int, eps: float, param_dtype, dtype, *, rngs: nnx.Rngs,
+                 stack: int | None = None):
+        self.weight = param(rngs, (dim,), param_dtype, (None,), init="ones", stack=stack)
         self.eps = eps
         self.dtype = dtype
 
@@ -63,37 +71,70 @@ def apply_rope(x_bthd: jax.Array, cos_btd: jax.Array, sin_btd: jax.Array) -> jax
     return out.astype(x_bthd.dtype)
 
 
-def grouped_attention(q_bthd, k_bskd, v_bskd, mask_bts) -> jax.Array:
-    """Softmax attention with GQA; query head h uses kv head h // (H // K).
+def dot_attention(q_bthd: jax.Array, k_bskd: jax.Array, v_bskd: jax.Array, *, impl: str,
+                  is_causal: bool = False, kv_lengths_b: jax.Array | None = None,
+                  mask_bts: jax.Array | None = None) -> jax.Array:
+    """GQA softmax attention through jax.nn.dot_product_attention -> [B, T, H, Dh].
 
-    q: [B, T, H, Dh], k/v: [B, S, K, Dh], mask: bool [B, T, S] -> [B, T, H, Dh].
-    Scores and softmax are float32; a row with no visible key gets a uniform average.
+    q: [B, T, H, Dh], k/v: [B, S, K, Dh] with H % K == 0 (query head h uses kv head
+    h // (H // K); K/V are never repeated). Query t sees key s when all given conditions
+    hold: is_causal (s <= t), kv_lengths_b (s < kv_lengths_b[b]), mask_bts[b, t, s].
+    impl: "xla" or "cudnn". Softmax in float32; with impl "xla" a row that sees no key
+    gets a finite uniform average. The output is named "attn_out" for remat policies.
+    """
+    if mask_bts is not None:
+        mask_bts = mask_bts[:, None, :, :]
+    lengths = None if kv_lengths_b is None else kv_lengths_b.astype(jnp.int32)
+    out_bthd = jax.nn.dot_product_attention(
+        q_bthd.astype(k_bskd.dtype), k_bskd, v_bskd, mask=mask_bts, is_causal=is_causal,
+        key_value_seq_lengths=lengths, implementation=impl)
+    return checkpoint_name(out_bthd, "attn_out")
+
+
+def causal_attention(q_bthd: jax.Array, k_btkd: jax.Array, v_btkd: jax.Array,
+                     kv_lengths_b: jax.Array, *, impl: str, query_chunk: int = 0) -> jax.Array:
+    """Causal self-attention of right-padded rows (key s < kv_lengths_b[b]) -> [B, T, H, Dh].
+
+    impl "cudnn", or query_chunk 0 / >= T: one dot_attention call (is_causal plus key
+    lengths). impl "xla" with 0 < query_chunk < T: lax.scan over blocks of query_chunk
+    queries, each rematerialised, so that the float32 scores exist for one block at a time
+    ([B, H, query_chunk, T] rather than [B, H, T, T]); the same values.
     """
     b, t, h, d = q_bthd.shape
-    k_heads = k_bskd.shape[2]
-    q_btkgd = q_bthd.reshape(b, t, k_heads, h // k_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q_btkgd, k_bskd,
-                        preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
-    scores = jnp.where(mask_bts[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bskd.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
-    return out.reshape(b, t, h, d)
+    if impl != "xla" or not 0 < query_chunk < t:
+        return dot_attention(q_bthd, k_btkd, v_btkd, impl=impl, is_causal=True,
+                             kv_lengths_b=kv_lengths_b)
+    n = -(-t // query_chunk)
+    q_nbchd = jnp.pad(q_bthd, ((0, 0), (0, n * query_chunk - t), (0, 0), (0, 0)))
+    q_nbchd = q_nbchd.reshape(b, n, query_chunk, h, d).swapaxes(0, 1)
+    key_s = jnp.arange(t, dtype=jnp.int32)
+    visible_bs = key_s[None, :] < kv_lengths_b.astype(jnp.int32)[:, None]
+
+    @jax.checkpoint
+    def block(q_bchd, start):
+        query_c = start + jnp.arange(query_chunk, dtype=jnp.int32)
+        mask_bcs = visible_bs[:, None, :] & (key_s[None, None, :] <= query_c[None, :, None])
+        return dot_attention(q_bchd, k_btkd, v_btkd, impl="xla", mask_bts=mask_bcs)
+
+    starts_n = jnp.arange(n, dtype=jnp.int32) * query_chunk
+    _, out_nbchd = jax.lax.scan(lambda _, xs: (None, block(*xs)), None, (q_nbchd, starts_n))
+    return out_nbchd.swapaxes(0, 1).reshape(b, n * query_chunk, h, d)[:, :t]
 
 
 class Attention(nnx.Module):
     """GQA self-attention with q/k/v bias and no output bias (Qwen2)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
         d, h, k, dh = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        pd = cfg.param_dtype
-        self.q_kernel = param(rngs, (d, h, dh), pd, ("embed", "heads", "kv"))
-        self.k_kernel = param(rngs, (d, k, dh), pd, ("embed", "heads", "kv"))
-        self.v_kernel = param(rngs, (d, k, dh), pd, ("embed", "heads", "kv"))
-        self.o_kernel = param(rngs, (h, dh, d), pd, ("heads", "kv", "embed"))
+        pd, n = cfg.param_dtype, stack
+        self.q_kernel = param(rngs, (d, h, dh), pd, ("embed", "heads", "kv"), stack=n)
+        self.k_kernel = param(rngs, (d, k, dh), pd, ("embed", "heads", "kv"), stack=n)
+        self.v_kernel = param(rngs, (d, k, dh), pd, ("embed", "heads", "kv"), stack=n)
+        self.o_kernel = param(rngs, (h, dh, d), pd, ("heads", "kv", "embed"), stack=n)
         if cfg.qkv_bias:
-            self.q_bias = param(rngs, (h, dh), pd, ("heads", "kv"), init="zeros")
-            self.k_bias = param(rngs, (k, dh), pd, ("heads", "kv"), init="zeros")
-            self.v_bias = param(rngs, (k, dh), pd, ("heads", "kv"), init="zeros")
+            self.q_bias = param(rngs, (h, dh), pd, ("heads", "kv"), init="zeros", stack=n)
+            self.k_bias = param(rngs, (k, dh), pd, ("heads", "kv"), init="zeros", stack=n)
+            self.v_bias = param(rngs, (k, dh), pd, ("heads", "kv"), init="zeros", stack=n)
         self.qkv_bias = cfg.qkv_bias
         self.head_dim = dh
         self.rope_theta = cfg.rope_theta
@@ -121,11 +162,11 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
         d, f, pd = cfg.hidden_size, cfg.intermediate_size, cfg.param_dtype
-        self.gate_kernel = param(rngs, (d, f), pd, ("embed", "mlp"))
-        self.up_kernel = param(rngs, (d, f), pd, ("embed", "mlp"))
-        self.down_kernel = param(rngs, (f, d), pd, ("mlp", "embed"))
+        self.gate_kernel = param(rngs, (d, f), pd, ("embed", "mlp"), stack=stack)
+        self.up_kernel = param(rngs, (d, f), pd, ("embed", "mlp"), stack=stack)
+        self.down_kernel = param(rngs, (f, d), pd, ("mlp", "embed"), stack=stack)
         self.dtype = cfg.dtype
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
@@ -136,22 +177,21 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x)). With `stack=L`, the
+    parameters of L such blocks (leading 'layers' axis); call a slice, not the stack."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype,
-                                  cfg.dtype, rngs=rngs)
-        self.attn = Attention(cfg, rngs=rngs)
-        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype,
-                                      cfg.dtype, rngs=rngs)
-        self.mlp = MLP(cfg, rngs=rngs)
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, stack: int | None = None):
+        d, eps, pd, dt = cfg.hidden_size, cfg.rms_norm_eps, cfg.param_dtype, cfg.dtype
+        self.input_norm = RMSNorm(d, eps, pd, dt, rngs=rngs, stack=stack)
+        self.attn = Attention(cfg, rngs=rngs, stack=stack)
+        self.post_attn_norm = RMSNorm(d, eps, pd, dt, rngs=rngs, stack=stack)
+        self.mlp = MLP(cfg, rngs=rngs, stack=stack)
 
-    def __call__(self, x_btd, positions_bt, mask_bts, kv_fn):
-        """`kv_fn(k_btkd, v_btkd) -> (keys_bskd, values_bskd, aux)` picks what the queries
-        attend to (the new keys themselves, or the updated cache); aux is passed through."""
+    def __call__(self, x_btd, positions_bt, attend_fn):
+        """`attend_fn(q_bthd, k_btkd, v_btkd) -> (attn_bthd, aux)` attends the queries to
+        the new keys themselves or to an updated cache; aux is passed through."""
         q, k, v = self.attn.qkv(self.input_norm(x_btd), positions_bt)
-        keys, values, aux = kv_fn(k, v)
-        attn = grouped_attention(q, keys, values, mask_bts)
-        x_btd = x_btd + self.attn.output(attn)
+        attn_bthd, aux = attend_fn(q, k, v)
+        x_btd = x_btd + self.attn.output(attn_bthd)
         x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
         return x_btd, aux

@@ -11,7 +11,9 @@ from flax import nnx
 from recal_jax.models import kv_cache as kv_cache_lib
 from recal_jax.models.config import ModelConfig
 from recal_jax.models.kv_cache import KVCache
-from recal_jax.models.layers import DecoderLayer, RMSNorm, param
+from recal_jax.models.layers import (
+    DecoderLayer, RMSNorm, causal_attention, dot_attention, param,
+)
 
 
 def _check_tokens(name: str, tokens_bt) -> None:
@@ -29,11 +31,13 @@ def _check_mask(name: str, mask, shape) -> None:
 class Qwen2(nnx.Module):
     """Qwen2ForCausalLM equivalent.
 
-    Parameter layout (ours; hf_io converts to/from HF names):
-      embed [V, D]; per layer: attn.{q,k,v}_kernel [D, H|K, Dh], attn.{q,k,v}_bias
-      [H|K, Dh], attn.o_kernel [H, Dh, D], mlp.{gate,up}_kernel [D, F],
-      mlp.down_kernel [F, D], input_norm/post_attn_norm.weight [D]; final_norm.weight
-      [D]; lm_head [D, V] unless the embeddings are tied.
+    Parameter layout (ours; hf_io converts to/from HF names): embed [V, D]; `layers`, one
+    DecoderLayer whose parameters are stacked over the L layers (leading axis, logical
+    name 'layers'): attn.{q,k,v}_kernel [L, D, H|K, Dh], attn.{q,k,v}_bias [L, H|K, Dh],
+    attn.o_kernel [L, H, Dh, D], mlp.{gate,up}_kernel [L, D, F], mlp.down_kernel [L, F, D],
+    input_norm/post_attn_norm.weight [L, D]; final_norm.weight [D]; lm_head [D, V] unless
+    the embeddings are tied. The layers run under lax.scan (config.scan_layers) or an
+    unrolled loop over the same stack, rematerialised by config.remat.
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -43,7 +47,7 @@ class Qwen2(nnx.Module):
         c = config
         self.embed = param(rngs, (c.vocab_size, c.hidden_size), c.param_dtype,
                            ("vocab", "embed"))
-        self.layers = nnx.List([DecoderLayer(c, rngs=rngs) for _ in range(c.num_layers)])
+        self.layers = DecoderLayer(c, rngs=rngs, stack=c.num_layers)
         self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, c.param_dtype, c.dtype,
                                   rngs=rngs)
         if not c.tie_word_embeddings:
@@ -65,6 +69,26 @@ class Qwen2(nnx.Module):
         return jnp.einsum("btd,dv->btv", x_btd, self.lm_head[...].astype(dt),
                           preferred_element_type=jnp.float32)
 
+    def _run_layers(self, body, carry, *, remat: bool):
+        """carry <- body(layer_i, carry, i) for i = 0..L-1, where layer_i is a DecoderLayer
+        holding slice i of the stacked parameters; by lax.scan or an unrolled loop."""
+        c = self.config
+        graphdef, stacked = nnx.split(self.layers)
+
+        def step(carry, xs):
+            layer_state, i = xs
+            return body(nnx.merge(graphdef, layer_state), carry, i), None
+
+        if remat and c.remat != "none":
+            step = jax.checkpoint(step, policy=c.remat_policy, prevent_cse=not c.scan_layers)
+        index_l = jnp.arange(c.num_layers, dtype=jnp.int32)
+        if c.scan_layers:
+            return jax.lax.scan(step, carry, (stacked, index_l))[0]
+        for i in range(c.num_layers):
+            layer_state = jax.tree.map(lambda a, i=i: a[i], stacked)
+            carry = step(carry, (layer_state, index_l[i]))[0]
+        return carry
+
     # -- full forward ---------------------------------------------------------------------
 
     def __call__(self, tokens_bt: jax.Array, attention_mask_bt: jax.Array | None = None
@@ -80,7 +104,12 @@ class Qwen2(nnx.Module):
     def hidden(self, tokens_bt: jax.Array, attention_mask_bt: jax.Array | None = None
                ) -> jax.Array:
         """Final-normed hidden states [B, T, D] (compute dtype); `lm_logits` maps them to
-        logits, so a caller can compute log-probs in chunks of T without [B, T, V]."""
+        logits, so a caller can compute log-probs in chunks of T without [B, T, V].
+
+        Each row's real tokens are first gathered to its front (stable order), so the
+        mask becomes causal + a key length per row (what flash attention takes); the
+        hidden states are scattered back to the original slots at the end.
+        """
         _check_tokens("tokens_bt", tokens_bt)
         b, t = tokens_bt.shape
         if attention_mask_bt is None:
@@ -88,22 +117,23 @@ class Qwen2(nnx.Module):
         else:
             _check_mask("attention_mask_bt", attention_mask_bt, (b, t))
             mask_bt = jnp.asarray(attention_mask_bt).astype(bool)
-        positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
-        causal_tt = jnp.tril(jnp.ones((t, t), bool))
-        mask_bts = causal_tt[None, :, :] & mask_bt[:, None, :]
+        perm_bt = jnp.argsort(~mask_bt, axis=1, stable=True)  # real tokens first, in order
+        # >= 1: an all-pad row attends to its first slot (finite, meaningless) on every backend
+        lengths_b = jnp.maximum(jnp.sum(mask_bt, axis=1, dtype=jnp.int32), 1)
+        positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        impl = self.config.resolved_attention_impl()
 
-        def self_kv(k, v):
-            return k, v, None
+        def attend(q_bthd, k_btkd, v_btkd):
+            return causal_attention(q_bthd, k_btkd, v_btkd, lengths_b, impl=impl,
+                                    query_chunk=self.config.attention_query_chunk), None
 
-        def run_layer(layer, x_btd):
-            return layer(x_btd, positions_bt, mask_bts, self_kv)[0]
+        def body(layer, x_btd, _):
+            return layer(x_btd, positions_bt, attend)[0]
 
-        if self.config.remat:
-            run_layer = nnx.remat(run_layer)
-        x = self._embed(tokens_bt)
-        for layer in self.layers:
-            x = run_layer(layer, x)
-        return self.final_norm(x)
+        x_btd = self._embed(jnp.take_along_axis(tokens_bt, perm_bt, axis=1))
+        h_btd = self.final_norm(self._run_layers(body, x_btd, remat=True))
+        inverse_bt = jnp.argsort(perm_bt, axis=1)
+        return jnp.take_along_axis(h_btd, inverse_bt[:, :, None], axis=1)
 
     # -- cached decoding ------------------------------------------------------------------
 
@@ -118,17 +148,9 @@ class Qwen2(nnx.Module):
         return kv_cache_lib.init_cache(c.num_layers, batch, max_len, c.num_kv_heads,
                                        c.head_dim, dtype or c.dtype)
 
-    def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: KVCache,
-               cache_index: jax.Array | int, kv_mask_bs: jax.Array
-               ) -> tuple[jax.Array, KVCache]:
-        """Run T new tokens against the cache.
-
-        Writes the k/v of the T tokens into slots [cache_index, cache_index + T); token t
-        attends to the slots s with kv_mask_bs[b, s] and s <= cache_index + t. The caller
-        owns positions_bt (int[B, T], RoPE positions) and kv_mask_bs (bool[B, S], which
-        must already be True on the slots being written for real tokens).
-        cache_index: int32 scalar, may be traced. Returns (logits f32[B, T, V], new cache).
-        """
+    def _check_decode(self, tokens_bt, positions_bt, cache, cache_index, kv_mask_bs,
+                      attend_len) -> int:
+        """Validates decode's arguments; returns the static attended length."""
         _check_tokens("tokens_bt", tokens_bt)
         b, t = tokens_bt.shape
         if not isinstance(cache, KVCache):
@@ -146,30 +168,64 @@ class Qwen2(nnx.Module):
             raise ValueError(f"cache_index must be an integer scalar, got {cache_index!r}")
         if t > s:
             raise ValueError(f"{t} new tokens do not fit a cache of {s} slots")
+        attend_len = s if attend_len is None else attend_len
+        if isinstance(attend_len, bool) or not isinstance(attend_len, int) \
+                or not t <= attend_len <= s:
+            raise ValueError(f"attend_len must be a static int in [{t}, {s}] (new tokens, "
+                             f"cache slots), got {attend_len!r}")
         if not isinstance(cache_index, jax.core.Tracer):
             start = int(np.asarray(cache_index))
             if start < 0 or start + t > s:
                 raise ValueError(f"slots [{start}, {start + t}) do not fit a cache of {s} slots")
+            if start + t > attend_len:
+                raise ValueError(f"slots [{start}, {start + t}) lie beyond attend_len="
+                                 f"{attend_len}")
+        return attend_len
 
+    def decode(self, tokens_bt: jax.Array, positions_bt: jax.Array, cache: KVCache,
+               cache_index: jax.Array | int, kv_mask_bs: jax.Array,
+               attend_len: int | None = None) -> tuple[jax.Array, KVCache]:
+        """Run T new tokens against the cache.
+
+        Writes the k/v of the T tokens into slots [cache_index, cache_index + T); token t
+        attends to the slots s with kv_mask_bs[b, s] and s <= cache_index + t. The caller
+        owns positions_bt (int[B, T], RoPE positions) and kv_mask_bs (bool[B, S], which
+        must already be True on the slots being written for real tokens).
+        cache_index: int32 scalar, may be traced. attend_len (static int, default S): only
+        the slots [0, attend_len) are read, so the caller can bucket the live length of
+        the cache; it must cover cache_index + T. Returns (logits f32[B, T, V], new cache).
+        Attention runs on "xla" unless attention_impl is "cudnn" and T > 1.
+        """
+        attend_len = self._check_decode(tokens_bt, positions_bt, cache, cache_index,
+                                        kv_mask_bs, attend_len)
+        b, t = tokens_bt.shape
         index = jnp.asarray(cache_index, jnp.int32)
-        slot_s = jnp.arange(s, dtype=jnp.int32)
+        slot_s = jnp.arange(attend_len, dtype=jnp.int32)
         query_slot_t = index + jnp.arange(t, dtype=jnp.int32)
-        mask_bts = (jnp.asarray(kv_mask_bs).astype(bool)[:, None, :]
+        mask_bts = (jnp.asarray(kv_mask_bs).astype(bool)[:, None, :attend_len]
                     & (slot_s[None, None, :] <= query_slot_t[None, :, None]))
         positions_bt = jnp.asarray(positions_bt).astype(jnp.int32)
-        zero = jnp.int32(0)
-        cache_k, cache_v = cache.k, cache.v
+        impl = "cudnn" if self.config.attention_impl == "cudnn" and t > 1 else "xla"
+        window = (1, b, attend_len, self.config.num_kv_heads, self.config.head_dim)
 
-        x = self._embed(tokens_bt)
-        for i, layer in enumerate(self.layers):
-            def cached_kv(k_new, v_new, i=i, cache_k=cache_k, cache_v=cache_v):
-                start = (jnp.int32(i), zero, index, zero, zero)
-                cache_k = jax.lax.dynamic_update_slice(
-                    cache_k, k_new.astype(cache_k.dtype)[None], start)
-                cache_v = jax.lax.dynamic_update_slice(
-                    cache_v, v_new.astype(cache_v.dtype)[None], start)
-                return (cache_k[i].astype(k_new.dtype), cache_v[i].astype(v_new.dtype),
-                        (cache_k, cache_v))
+        def body(layer, carry, i):
+            x_btd, cache_k, cache_v = carry
 
-            x, (cache_k, cache_v) = layer(x, positions_bt, mask_bts, cached_kv)
-        return self.lm_logits(self.final_norm(x)), KVCache(k=cache_k, v=cache_v)
+            def attend(q_bthd, k_btkd, v_btkd):
+                zero = jnp.int32(0)
+                k_all = jax.lax.dynamic_update_slice(
+                    cache_k, k_btkd.astype(cache_k.dtype)[None], (i, zero, index, zero, zero))
+                v_all = jax.lax.dynamic_update_slice(
+                    cache_v, v_btkd.astype(cache_v.dtype)[None], (i, zero, index, zero, zero))
+                start = (i, zero, zero, zero, zero)
+                keys = jax.lax.dynamic_slice(k_all, start, window)[0].astype(k_btkd.dtype)
+                values = jax.lax.dynamic_slice(v_all, start, window)[0].astype(v_btkd.dtype)
+                out = dot_attention(q_bthd, keys, values, impl=impl, mask_bts=mask_bts)
+                return out, (k_all, v_all)
+
+            x_btd, (cache_k, cache_v) = layer(x_btd, positions_bt, attend)
+            return x_btd, cache_k, cache_v
+
+        x_btd, cache_k, cache_v = self._run_layers(
+            body, (self._embed(tokens_bt), cache.k, cache.v), remat=False)
+        return self.lm_logits(self.final_norm(x_btd)), KVCache(k=cache_k, v=cache_v)

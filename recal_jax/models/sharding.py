@@ -1,7 +1,9 @@
 """The device mesh and the one partition rule: nnx variable metadata -> mesh axes.
 
 Each parameter of `Qwen2` carries `logical_axes` metadata, one name per dimension from
-('vocab', 'embed', 'mlp', 'heads', 'kv', None) where 'kv' is the head dimension.
+('layers', 'vocab', 'embed', 'mlp', 'heads', 'kv', None) where 'kv' is the head dimension
+and 'layers' the leading axis of the stacked layer parameters, which is never sharded
+(the layer scan slices it; neither 'tensor' nor 'fsdp' may go there).
 Two mesh axes are understood:
   'tensor': Megatron-style tensor parallelism, through `logical_to_mesh_rules`;
   'fsdp':   fully sharded data parallelism, placed on the largest dimension that is not
@@ -26,7 +28,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 FSDP = "fsdp"
 TENSOR = "tensor"
 MESH_AXES = ("data", FSDP, TENSOR)
-LOGICAL_AXES = ("vocab", "embed", "mlp", "heads", "kv")
+LAYERS = "layers"
+LOGICAL_AXES = (LAYERS, "vocab", "embed", "mlp", "heads", "kv")
 
 
 def logical_to_mesh_rules(tensor_parallel: bool) -> dict[str, str | None]:
@@ -35,12 +38,17 @@ def logical_to_mesh_rules(tensor_parallel: bool) -> dict[str, str | None]:
     FSDP is not a per-name rule: see `partition_spec`.
     """
     tensor = TENSOR if tensor_parallel else None
-    return {"vocab": tensor, "mlp": tensor, "heads": tensor, "embed": None, "kv": None}
+    return {"vocab": tensor, "mlp": tensor, "heads": tensor, "embed": None, "kv": None,
+            LAYERS: None}
 
 
 def partition_spec(shape: tuple[int, ...], logical_axes: tuple, mesh_shape: dict[str, int],
                    tensor_parallel: bool) -> PartitionSpec:
-    """The PartitionSpec of one parameter of `shape` with names `logical_axes`."""
+    """The PartitionSpec of one parameter of `shape` with names `logical_axes`.
+
+    'tensor' goes on the first dimension whose name maps to it (and divides); 'fsdp' on the
+    largest remaining dimension that divides, never on a 'layers' dimension.
+    """
     if len(shape) != len(logical_axes):
         raise ValueError(f"logical axes {logical_axes} do not match shape {shape}")
     rules = logical_to_mesh_rules(tensor_parallel)
@@ -56,7 +64,8 @@ def partition_spec(shape: tuple[int, ...], logical_axes: tuple, mesh_shape: dict
                 break  # a mesh axis may appear once per spec
     fsdp_size = mesh_shape.get(FSDP, 1)
     if fsdp_size > 1:
-        free = [i for i, size in enumerate(shape) if spec[i] is None and size % fsdp_size == 0]
+        free = [i for i, size in enumerate(shape)
+                if spec[i] is None and logical_axes[i] != LAYERS and size % fsdp_size == 0]
         if free:
             spec[max(free, key=lambda i: shape[i])] = FSDP
     return PartitionSpec(*spec)

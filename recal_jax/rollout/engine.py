@@ -15,9 +15,10 @@ import jax
 import numpy as np
 
 from recal_jax.data.schema import PROTOCOLS, RoutingRecord
-from recal_jax.routing.pools.base import Pool, PoolReply, call_many_sync, error_reply
 from recal_jax.rollout.sampler import SamplingOptions
+from recal_jax.routing.pools.base import Pool, PoolReply, call_many_sync, error_reply
 from recal_jax.routing.protocol import INFO_CLOSE, INFO_OPEN, parse, parse_call, sanitize_reply
+from recal_jax.shapes import pad_count, round_up
 
 SEARCH_CLOSE, ANSWER_CLOSE = "</search>", "</answer>"
 SEARCH_OPEN = "<search>"
@@ -150,8 +151,7 @@ class RolloutEngine:
     # ---------------------------------------------------------------- generation rounds
 
     def _left_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        p = max(len(s) for s in seqs)
-        p = -(-p // self.prompt_pad_multiple) * self.prompt_pad_multiple
+        p = round_up(max(len(s) for s in seqs), self.prompt_pad_multiple)
         tokens = np.full((len(seqs), p), self.pad_id, np.int32)
         mask = np.zeros((len(seqs), p), bool)
         for i, s in enumerate(seqs):
@@ -285,44 +285,54 @@ class RolloutEngine:
 
         key, sub = jax.random.split(key)
         max_new = min(self.max_new_tokens_per_turn, self.max_total_tokens)
-        toks, logps, lens = self._generate(prompt_ids, sub, max_new, g_count, sampling, weights)
+        generated = self._generate(prompt_ids, sub, max_new, g_count, sampling, weights)
         active = list(range(len(rows)))
         while active:
-            pending: list[int] = []
-            requests: list = []
-            replies: dict[int, PoolReply] = {}
-            for i, b in enumerate(active):
-                row = rows[b]
-                kind = self._take_segment(row, toks[i], logps[i], int(lens[i]))
-                if kind != SEARCH_CLOSE or row.finish is not None:
-                    continue
-                if self.protocol == "multi_turn" and len(row.calls) >= self.max_turns:
-                    row.finish = "max_turns"
-                    continue
-                req = self._search_request(row)
-                if isinstance(req, PoolReply):  # no pool call: not in row.calls (as in parse)
-                    replies[b] = req
-                else:
-                    pending.append(b)
-                    requests.append(req)
-            for b, (model, query, _), reply in zip(pending, requests, call_many_sync(self.pool, requests)):
-                rows[b].calls.append((model, query, reply))
-                replies[b] = reply
-            for b, reply in replies.items():
-                if self.protocol == "single_call":
-                    rows[b].finish = "routed"
-                else:
-                    self._append_information(rows[b], reply)
-            active = [b for b in active if rows[b].finish is None]
+            active = self._finish_round(rows, active, *generated)
             if not active:
                 break
-            remaining = max(self.max_total_tokens - len(rows[b].ids) for b in active)
-            seqs = [rows[b].prompt + rows[b].ids for b in active]
-            seqs += [seqs[-1]] * (-len(seqs) % self.row_pad_multiple)
             key, sub = jax.random.split(key)
-            toks, logps, lens = self._generate(seqs, sub, min(self.max_new_tokens_per_turn, remaining), 1,
-                                               sampling, weights)
+            generated = self._resume(rows, active, sub, sampling, weights)
         return self._assemble(rows, g_count, seq_len)
+
+    def _finish_round(self, rows: list[_Row], active: list[int], toks, logps, lens) -> list[int]:
+        """Take each active row's generated segment (row i of toks / logps / lens is rows[active[i]]),
+        call the pool for the rows that stopped at </search> (all calls of the round at once),
+        insert the replies; returns the rows still active."""
+        pending: list[int] = []
+        requests: list = []
+        replies: dict[int, PoolReply] = {}
+        for i, b in enumerate(active):
+            row = rows[b]
+            kind = self._take_segment(row, toks[i], logps[i], int(lens[i]))
+            if kind != SEARCH_CLOSE or row.finish is not None:
+                continue
+            if self.protocol == "multi_turn" and len(row.calls) >= self.max_turns:
+                row.finish = "max_turns"
+                continue
+            req = self._search_request(row)
+            if isinstance(req, PoolReply):  # no pool call: not in row.calls (as in parse)
+                replies[b] = req
+            else:
+                pending.append(b)
+                requests.append(req)
+        for b, (model, query, _), reply in zip(pending, requests, call_many_sync(self.pool, requests)):
+            rows[b].calls.append((model, query, reply))
+            replies[b] = reply
+        for b, reply in replies.items():
+            if self.protocol == "single_call":
+                rows[b].finish = "routed"
+            else:
+                self._append_information(rows[b], reply)
+        return [b for b in active if rows[b].finish is None]
+
+    def _resume(self, rows: list[_Row], active: list[int], key, sampling: SamplingOptions, weights):
+        """One more generation round for the active rows (one sample each, prompt = the full
+        prefix), rows repeated up to a multiple of row_pad_multiple."""
+        remaining = max(self.max_total_tokens - len(rows[b].ids) for b in active)
+        seqs = [rows[b].prompt + rows[b].ids for b in active]
+        seqs += [seqs[-1]] * pad_count(len(seqs), self.row_pad_multiple)
+        return self._generate(seqs, key, min(self.max_new_tokens_per_turn, remaining), 1, sampling, weights)
 
     def _assemble(self, rows: list[_Row], g_count: int, seq_len: int | None) -> RolloutBatch:
         need = max(len(r.prompt) + len(r.ids) for r in rows)

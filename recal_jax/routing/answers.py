@@ -1,5 +1,8 @@
 """Answer metrics: SQuAD normalisation, exact match, token F1, sub-EM.
 
+`normalize_answer` (SQuAD normalisation) lives in recal_jax.data.answer_text, so that data
+never imports routing; it is re-exported here.
+
 Conventions (fixed here, tested in tests/test_answers.py):
   * A prediction that is None or normalises to "" scores 0 on every metric: a blank
     answer never earns reward.
@@ -13,20 +16,13 @@ Conventions (fixed here, tested in tests/test_answers.py):
 from __future__ import annotations
 
 import collections
-import re
-import string
 from typing import Iterable
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = frozenset(string.punctuation)
+from recal_jax.data.answer_text import normalize_answer
+
+__all__ = ["METRICS", "answer_score", "exact_match", "f1_score", "normalize_answer", "sub_exact_match"]
+
 _SPECIAL = ("yes", "no", "noanswer")
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD: lowercase, drop punctuation, drop articles, collapse whitespace."""
-    text = "".join(ch for ch in str(text).lower() if ch not in _PUNCT)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
 
 
 def _golds(golds: Iterable[str] | str) -> list[str]:

@@ -106,80 +106,112 @@ class RecordIndex:
         return self.exact.get(query) or self.normalised.get(normalize_answer(query))
 
 
+def _server_records(pool: Pool, records) -> Sequence[RoutingRecord]:
+    """The records queries are matched against: `records` (a list or a RoutingLog), else the
+    pool's own log when it has one, else none."""
+    if records is None:
+        log = getattr(pool, "log", None)
+        return log.records if isinstance(log, RoutingLog) else ()
+    if isinstance(records, RoutingLog):
+        return records.records
+    return records
+
+
 def make_app(
     pool: Pool,
     records: Sequence[RoutingRecord] | RoutingLog | None = None,
     faults: FaultConfig | None = None,
 ) -> FastAPI:
     """The app; its `state.counters` (ServerCounters) counts requests and injected faults."""
-    if records is None:
-        log = getattr(pool, "log", None)
-        records = log.records if isinstance(log, RoutingLog) else ()
-    elif isinstance(records, RoutingLog):
-        records = records.records
-    index = RecordIndex(records)
-    faults = faults or FaultConfig()
+    index = RecordIndex(_server_records(pool, records))
     counters = ServerCounters()
     app = FastAPI(title="recal-jax pool server")
     app.state.counters = counters
+    app.get("/v1/models")(_models_endpoint(pool))
+    app.post("/v1/chat/completions")(_chat_endpoint(pool, index, faults or FaultConfig(), counters))
+    return app
 
-    @app.get("/v1/models")
+
+def _models_endpoint(pool: Pool):
     async def list_models():
         return {"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "recal-jax"} for n in pool.model_names
         ]}
 
-    @app.post("/v1/chat/completions")
+    return list_models
+
+
+async def _read_request(request: Request) -> tuple[str, str] | JSONResponse:
+    """(model, query) of a chat request, or the 400 error to answer with."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "request body is not valid JSON", "invalid_request_error")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object", "invalid_request_error")
+    model, query = body.get("model"), _user_query(body.get("messages"))
+    if not isinstance(model, str) or query is None:
+        return _error(400, "need a string 'model' and a user message", "invalid_request_error")
+    return model, query
+
+
+async def _injected_fault(fault: str | None, faults: FaultConfig, counters: ServerCounters) -> Response | None:
+    """The response of an injected fault, or None to serve the request ('slow' sleeps first)."""
+    if fault is None:
+        return None
+    counters.faults[fault] += 1
+    if fault.isdigit():
+        return _error(int(fault), f"injected fault {fault}", "injected_fault")
+    if fault == "drop":
+        return _DroppedResponse()
+    if fault == "malformed":
+        return Response('{"id": "chatcmpl-bad", "choices": [{"message": ', media_type="application/json")
+    await asyncio.sleep(faults.slow_s)  # "slow"
+    return None
+
+
+async def _completion(pool: Pool, index: RecordIndex, counters: ServerCounters, model: str, query: str):
+    """Serve one chat completion from the pool (OpenAI's response format)."""
+    if model not in pool.model_names:
+        return _error(404, f"unknown model {model!r}; pool has {list(pool.model_names)}", "model_not_found")
+    record = index.find(query)
+    if record is None and pool.needs_record:
+        return _error(400, "no record matches the question", "invalid_request_error")
+    reply = await pool.call(model, query, record)
+    if not reply.ok:
+        return _error(502, reply.error or "pool call failed", "upstream_error")
+    pt = reply.prompt_tokens or estimate_tokens(query)
+    ct = reply.completion_tokens or estimate_tokens(reply.text)
+    counters.served += 1
+    return {
+        "id": f"chatcmpl-{counters.requests}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+    }
+
+
+def _chat_endpoint(pool: Pool, index: RecordIndex, faults: FaultConfig, counters: ServerCounters):
     async def chat_completions(request: Request):
         counters.requests += 1
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "request body is not valid JSON", "invalid_request_error")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object", "invalid_request_error")
-        model, query = body.get("model"), _user_query(body.get("messages"))
-        if not isinstance(model, str) or query is None:
-            return _error(400, "need a string 'model' and a user message", "invalid_request_error")
-        key = (model, query)
-        n = counters.per_key[key]
-        counters.per_key[key] += 1
+        read = await _read_request(request)
+        if isinstance(read, Response):
+            return read
+        model, query = read
+        n = counters.per_key[read]
+        counters.per_key[read] += 1
         fault = faults.schedule[n] if n < len(faults.schedule) else None
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
-        if fault is not None:
-            counters.faults[fault] += 1
-        if fault is not None and fault.isdigit():
-            return _error(int(fault), f"injected fault {fault}", "injected_fault")
-        if fault == "drop":
-            return _DroppedResponse()
-        if fault == "malformed":
-            return Response('{"id": "chatcmpl-bad", "choices": [{"message": ', media_type="application/json")
-        if fault == "slow":
-            await asyncio.sleep(faults.slow_s)
+        injected = await _injected_fault(fault, faults, counters)
+        if injected is not None:
+            return injected
+        return await _completion(pool, index, counters, model, query)
 
-        if model not in pool.model_names:
-            return _error(404, f"unknown model {model!r}; pool has {list(pool.model_names)}", "model_not_found")
-        record = index.find(query)
-        if record is None and pool.needs_record:
-            return _error(400, "no record matches the question", "invalid_request_error")
-        reply = await pool.call(model, query, record)
-        if not reply.ok:
-            return _error(502, reply.error or "pool call failed", "upstream_error")
-        pt = reply.prompt_tokens or estimate_tokens(query)
-        ct = reply.completion_tokens or estimate_tokens(reply.text)
-        counters.served += 1
-        return {
-            "id": f"chatcmpl-{counters.requests}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-        }
-
-    return app
+    return chat_completions
 
 
 def _check_host(host: str) -> None:

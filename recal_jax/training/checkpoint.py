@@ -7,10 +7,14 @@ On disk, step directories `<workdir>/<step>/` hold two items:
   metadata: JSON {"step", "leaf_paths" (the pytree path of every leaf, checked on
             restore), "user" (the caller's dict: config, data position notes, ...)}.
 Orbax writes each step into a temporary directory and renames it when complete, so a
-crash never leaves a half-written step that restore would pick up.
+crash never leaves a half-written step that restore would pick up (leftover temporary
+directories are cleaned up when the manager opens). A step that is damaged on disk all the
+same (a bad disk, a copied run, a manual edit) does not stop a restart: `restore()` warns,
+naming it, sets it aside as `<step>.corrupt` and restores the newest intact step.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Mapping
 
@@ -18,7 +22,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from recal_jax.data.schema import DataError
 from recal_jax.training.train_state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint holds a TrainState of another structure (a different config or code)."""
 
 
 def _flatten(state: Any) -> tuple[dict[str, Any], list[str], Any]:
@@ -53,7 +64,7 @@ class Checkpointer:
         # The interval is decided here (orbax's policy would also save the first step).
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=1,
-            enable_async_checkpointing=async_save, create=True)
+            enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
         self._manager = ocp.CheckpointManager(self.workdir, options=options,
                                               item_names=("state", "metadata"))
 
@@ -81,20 +92,47 @@ class Checkpointer:
 
     def restore(self, abstract_state: TrainState, step: int | None = None
                 ) -> tuple[TrainState, dict]:
-        """(state, user metadata) of `step` (default: the latest).
+        """(state, user metadata) of `step`, default: the newest intact step.
 
         abstract_state: a TrainState of the same structure whose leaves are arrays or
         jax.ShapeDtypeStruct (their shardings are where the restored arrays go).
+        Without `step`, a step that cannot be read is skipped with a warning naming it and,
+        once an older step has been restored, set aside as `<step>.corrupt` (so that the
+        run can save that step again). CheckpointMismatch (another state structure) is
+        raised at once; DataError when no step can be read (nothing is set aside then).
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            return self._restore_step(abstract_state, step)
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.workdir}")
+        unreadable: list[tuple[int, str]] = []
+        for candidate in steps:
+            try:
+                restored = self._restore_step(abstract_state, candidate)
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # orbax/tensorstore/json raise many types for damaged files
+                reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                log.warning("checkpoint %s/%d is unreadable (%s); trying the previous one", self.workdir,
+                            candidate, reason)
+                unreadable.append((candidate, reason))
+                continue
+            for bad, _ in unreadable:
+                self._set_aside(bad)
+            if unreadable:
+                log.warning("restored the intact checkpoint %s/%d", self.workdir, candidate)
+            return restored
+        raise DataError(f"{self.workdir}: no checkpoint can be read ("
+                        + "; ".join(f"step {k}: {why}" for k, why in unreadable) + ")")
+
+    def _restore_step(self, abstract_state: TrainState, step: int) -> tuple[TrainState, dict]:
         meta = self._manager.restore(step, args=ocp.args.Composite(
             metadata=ocp.args.JsonRestore()))["metadata"]
         abstract_flat, paths, treedef = _flatten(abstract_state)
         if meta["leaf_paths"] != paths:
             missing = sorted(set(meta["leaf_paths"]) ^ set(paths))[:5]
-            raise ValueError(
+            raise CheckpointMismatch(
                 f"checkpoint {self.workdir}/{step} does not match the given state structure "
                 f"({len(meta['leaf_paths'])} leaves saved, {len(paths)} expected; first "
                 f"differences: {missing})")
@@ -103,6 +141,19 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target)))["state"]
         leaves = [flat[k] for k in abstract_flat]
         return jax.tree_util.tree_unflatten(treedef, leaves), meta["user"]
+
+    def _set_aside(self, step: int) -> None:
+        """Renames the damaged step directory to `<step>.corrupt` (kept for inspection; orbax
+        no longer lists it). With several processes the primary one renames it."""
+        if jax.process_index() == 0:
+            src = os.path.join(self.workdir, str(step))
+            dst, n = f"{src}.corrupt", 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.corrupt{n}", n + 1
+            if os.path.isdir(src):
+                os.rename(src, dst)
+                log.warning("moved the unreadable checkpoint %s aside to %s", src, dst)
+        self._manager.reload()
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -1,28 +1,84 @@
-"""SFT warm start: teacher-forced training on protocol demonstrations."""
+"""SFT warm start: teacher-forced training on protocol demonstrations, for a fixed number of
+steps or until a held-out criterion is met."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from recal_jax.training.sft_data import Demonstration, pack_demonstrations
 from recal_jax.training.train_state import TrainState
 
+TRAIN_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutCriterion:
+    """Stop SFT once the answer-copy accuracy on held-out demonstrations (never trained on)
+    reaches `target`, checked every `every` steps from `min_steps` on. Answer-copy accuracy:
+    the share of demonstrations whose whole final-answer segment (`<answer> .. </answer>`,
+    copied out of the <information> block) the policy predicts token for token under teacher
+    forcing."""
+
+    demos: Sequence[Demonstration]
+    target: float
+    every: int = 50
+    min_steps: int = 0
+
+    def __post_init__(self):
+        if not self.demos:
+            raise ValueError("HeldOutCriterion needs held-out demonstrations")
+        if not any(d.answer_span[1] > d.answer_span[0] for d in self.demos):
+            raise ValueError("HeldOutCriterion: the demonstrations have no answer segment "
+                             "(single_call has nothing to copy; use a fixed step count)")
+        if not 0.0 < self.target <= 1.0 or self.every < 1:
+            raise ValueError(f"HeldOutCriterion needs 0 < target <= 1 and every >= 1, got {self.target}, {self.every}")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _answer_hits(graphdef, params, tokens_bt, attention_mask_bt, answer_mask_bt) -> jax.Array:
+    """bool[B]: every answer token is the argmax of the logits one position earlier."""
+    logits_btv = nnx.merge(graphdef, params)(tokens_bt, attention_mask_bt)
+    pred_bt = jnp.argmax(logits_btv[:, :-1], axis=-1)
+    right_bt = (pred_bt == tokens_bt[:, 1:]) | ~answer_mask_bt[:, 1:]
+    return jnp.all(right_bt, axis=-1) & jnp.any(answer_mask_bt, axis=-1)
+
+
+def answer_copy_accuracy(state: TrainState, arrays: dict[str, np.ndarray], batch_size: int = 64) -> float:
+    """Share of packed demonstrations (with an answer segment) whose answer is predicted exactly."""
+    has_answer = arrays["answer_mask_bt"].any(axis=1)
+    hits = []
+    for start in range(0, len(has_answer), batch_size):
+        sl = slice(start, start + batch_size)
+        hits.append(np.asarray(_answer_hits(state.graphdef, state.params, arrays["tokens_bt"][sl],
+                                            arrays["attention_mask_bt"][sl], arrays["answer_mask_bt"][sl])))
+    return float(np.concatenate(hits)[has_answer].mean())
+
 
 def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration], *, steps: int,
             batch_size: int, seq_len: int, pad_id: int, seed: int,
-            log_fn: Callable[[int, dict], None] | None = None, progress: bool = True) -> TrainState:
-    """`steps` updates on batches drawn without replacement (reshuffled each epoch)."""
+            log_fn: Callable[[int, dict], None] | None = None, progress: bool = True,
+            until: HeldOutCriterion | None = None) -> tuple[TrainState, dict]:
+    """At most `steps` updates on batches drawn without replacement (reshuffled each epoch);
+    with `until`, stops early once its criterion holds. Returns (state, info) with info =
+    {"steps": updates made, "heldout_copy_accuracy": last check (absent without `until`)}."""
     if not demos:
         raise ValueError("SFT needs at least one demonstration")
-    arrays = pack_demonstrations(demos, seq_len, pad_id)
+    arrays = {k: v for k, v in pack_demonstrations(demos, seq_len, pad_id).items() if k in TRAIN_KEYS}
+    heldout = pack_demonstrations(until.demos, seq_len, pad_id) if until is not None else None
     n = len(demos)
     if batch_size > n:
         raise ValueError(f"SFT batch_size {batch_size} exceeds the {n} demonstrations")
     rng = np.random.default_rng(seed)
     order, cursor = rng.permutation(n), 0
+    info: dict = {"steps": 0}
     bar = tqdm(range(steps), desc="sft", disable=not progress, leave=False)
     for step in bar:
         if cursor + batch_size > n:
@@ -30,8 +86,30 @@ def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration
         idx = np.sort(order[cursor:cursor + batch_size])
         cursor += batch_size
         state, metrics = sft_step(state, {k: v[idx] for k, v in arrays.items()})
-        if log_fn is not None and (step % 10 == 0 or step == steps - 1):
-            m = {k: float(v) for k, v in metrics.items()}
+        info["steps"] = step + 1
+        m = {k: float(v) for k, v in metrics.items()} if log_fn is not None or progress else {}
+        done = False
+        if until is not None and (step + 1) % until.every == 0:
+            info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = answer_copy_accuracy(state, heldout)
+            done = step + 1 >= until.min_steps and m["heldout_copy_accuracy"] >= until.target
+        if log_fn is not None and (step % 10 == 0 or step == steps - 1 or done or "heldout_copy_accuracy" in m):
             log_fn(step, m)
+        if "loss" in m:
             bar.set_postfix(loss=f"{m['loss']:.3f}")
-    return state
+        if done:
+            break
+    return state, info
+
+
+def split_heldout(demos: Sequence[Demonstration], questions: dict[str, str], num_questions: int,
+                  seed: int) -> tuple[list[Demonstration], list[Demonstration]]:
+    """(train, held-out): every demonstration of `num_questions` randomly drawn distinct
+    questions is held out, so that no held-out question is ever trained on (a training split
+    may repeat questions). `questions` maps record id -> question text."""
+    distinct = sorted({questions[d.record_id] for d in demos})
+    if num_questions >= len(distinct):
+        raise ValueError(f"cannot hold out {num_questions} of {len(distinct)} distinct questions")
+    rng = np.random.default_rng(seed)
+    held = {distinct[i] for i in rng.choice(len(distinct), size=num_questions, replace=False)}
+    train = [d for d in demos if questions[d.record_id] not in held]
+    return train, [d for d in demos if questions[d.record_id] in held]

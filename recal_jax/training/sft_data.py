@@ -17,7 +17,7 @@ import numpy as np
 
 from recal_jax.data.schema import RoutingLog, RoutingRecord
 
-ROUTING_RULES = ("random", "dataset_best", "mixed")
+ROUTING_RULES = ("random", "dataset_best", "mixed", "dataset_random")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _LEAD_IN = re.compile(r"^(the answer is|final answer:|answer:|result:|it is|i believe)\s*", re.I)
 QUERY_STYLES = ("question", "fixed")
@@ -26,6 +26,16 @@ QUERY_STYLES = ("question", "fixed")
 # policy then need not learn to copy a whole question before it can learn to route.
 FIXED_QUERY = "the question"
 FIRST_THOUGHT = "<think> pick a model </think>"
+# What the first <think> of a demonstration says: "fixed" is FIRST_THOUGHT; "dataset" names the
+# record's task (`<think> arith </think>`): the policy learns to classify the question by SFT
+# (from the log's dataset labels) and RL then learns, per class it wrote, which model to call.
+THINK_STYLES = ("fixed", "dataset")
+
+
+def first_thought(record: RoutingRecord, style: str) -> str:
+    if style not in THINK_STYLES:
+        raise ValueError(f"unknown SFT think style {style!r}; expected one of {THINK_STYLES}")
+    return FIRST_THOUGHT if style == "fixed" else f"<think> {record.dataset} </think>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +47,7 @@ class Demonstration:
     model: str
     token_ids: tuple[int, ...]
     loss_mask: tuple[float, ...]
+    answer_span: tuple[int, int] = (0, 0)  # [start, end) of the final-answer segment; empty without one
 
 
 def dataset_best_models(log: RoutingLog) -> dict[str, str]:
@@ -64,20 +75,31 @@ def answer_from_reply(reply: str) -> str:
 
 
 def choose_models(log: RoutingLog, rule: str, rng: np.random.Generator, best_prob: float = 0.5) -> list[str]:
-    """One model per record of `log` by the routing rule of the demonstrations."""
+    """One model per record of `log` by the routing rule of the demonstrations.
+
+    random: uniform. dataset_best: the dataset's best model on `log`. mixed: dataset_best with
+    probability best_prob, else uniform. dataset_random: each dataset gets one model drawn
+    uniformly (seeded), used with probability best_prob, else uniform: the policy learns that
+    routing depends on the question's task while the demonstrations say nothing about which
+    model is good (that is left to RL)."""
     if rule not in ROUTING_RULES:
         raise ValueError(f"unknown SFT routing rule {rule!r}; expected one of {ROUTING_RULES}")
     names = log.model_names
-    best = dataset_best_models(log) if rule != "random" else {}
+    if rule in ("dataset_best", "mixed"):
+        target = dataset_best_models(log)
+    elif rule == "dataset_random":
+        target = {d: names[int(rng.integers(len(names)))] for d in log.datasets}
+    else:
+        target = {}
     chosen = []
     for record in log.records:
         random_pick = names[int(rng.integers(len(names)))]
         if rule == "random":
             chosen.append(random_pick)
         elif rule == "dataset_best":
-            chosen.append(best[record.dataset])
+            chosen.append(target[record.dataset])
         else:
-            chosen.append(best[record.dataset] if rng.random() < best_prob else random_pick)
+            chosen.append(target[record.dataset] if rng.random() < best_prob else random_pick)
     return chosen
 
 
@@ -85,13 +107,14 @@ def completion_segments(
     record: RoutingRecord, model: str, reply: str, protocol: str,
     encode: Callable[[str], list[int]], information_ids: Callable[[str], list[int]],
     extract_answer: Callable[[str], str], query: str, answer_weight: float = 1.0,
+    thought: str = FIRST_THOUGHT,
 ) -> list[tuple[list[int], float]]:
     """The completion as (token ids, loss weight) segments: 0 for the environment's tokens,
     1 for the policy's, `answer_weight` for its final answer."""
     if protocol == "single_call":
-        return [(encode(f"{FIRST_THOUGHT}\n<search> {model} </search>"), 1)]
+        return [(encode(f"{thought}\n<search> {model} </search>"), 1)]
     return [
-        (encode(f"{FIRST_THOUGHT}\n<search> {model} : {query} </search>"), 1),
+        (encode(f"{thought}\n<search> {model} : {query} </search>"), 1),
         (information_ids(reply), 0),
         # The answer follows the information block directly (a <think> there is allowed, not
         # required): the copy a tiny policy has to learn is then three tokens away.
@@ -112,6 +135,7 @@ def build_demonstrations(
     query_style: str = "question",
     reply_swap: float = 0.0,
     answer_weight: float = 1.0,
+    think: str = "fixed",
     seed: int = 0,
 ) -> list[Demonstration]:
     """Demonstrations for every record of `log`.
@@ -125,6 +149,7 @@ def build_demonstrations(
     block the only reliable source, so what it learns is to copy from it.
     answer_weight: loss weight of the answer tokens; the rest of a demonstration is a fixed
     template learnt in a few steps, and a larger weight keeps the copy from being drowned out.
+    think: THINK_STYLES, what the first <think> says (see `first_thought`).
     """
     if query_style not in QUERY_STYLES:
         raise ValueError(f"unknown SFT query style {query_style!r}; expected one of {QUERY_STYLES}")
@@ -139,19 +164,21 @@ def build_demonstrations(
             reply = reply_fn(log.model_names[int(rng.integers(len(log.model_names)))], query, other)
         ids = list(prompt_ids(record))
         mask = [0] * len(ids)
-        for seg, by_policy in completion_segments(
-            record, model, reply, log.protocol, encode, information_ids, extract_answer, query,
-            answer_weight,
-        ):
+        segments = completion_segments(record, model, reply, log.protocol, encode, information_ids,
+                                       extract_answer, query, answer_weight, first_thought(record, think))
+        for seg, by_policy in segments:
             seg = list(seg)
             ids += seg
             mask += [by_policy] * len(seg)
-        demos.append(Demonstration(record.id, model, tuple(ids), tuple(mask)))
+        # multi_turn ends with the <answer> segment copied out of the reply; single_call has none
+        span = (len(ids) - len(segments[-1][0]), len(ids)) if log.protocol == "multi_turn" else (0, 0)
+        demos.append(Demonstration(record.id, model, tuple(ids), tuple(mask), span))
     return demos
 
 
 def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
-    """Right-padded arrays: tokens_bt i32, attention_mask_bt bool, loss_mask_bt f32.
+    """Right-padded arrays: tokens_bt i32, attention_mask_bt bool, loss_mask_bt f32,
+    answer_mask_bt bool (the final-answer segment, see Demonstration.answer_span).
 
     Demonstrations longer than seq_len are cut from the left of the prompt (the completion
     is what is learned), keeping the last seq_len tokens."""
@@ -159,9 +186,13 @@ def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: in
     tokens = np.full((n, seq_len), pad_id, np.int32)
     attn = np.zeros((n, seq_len), bool)
     loss = np.zeros((n, seq_len), np.float32)
+    answer = np.zeros((n, seq_len), bool)
     for i, demo in enumerate(demos):
-        ids, mask = demo.token_ids[-seq_len:], demo.loss_mask[-seq_len:]
+        cut = max(len(demo.token_ids) - seq_len, 0)
+        ids, mask = demo.token_ids[cut:], demo.loss_mask[cut:]
         tokens[i, : len(ids)] = ids
         attn[i, : len(ids)] = True
         loss[i, : len(ids)] = mask
-    return {"tokens_bt": tokens, "attention_mask_bt": attn, "loss_mask_bt": loss}
+        start, end = (max(x - cut, 0) for x in demo.answer_span)
+        answer[i, start:end] = True
+    return {"tokens_bt": tokens, "attention_mask_bt": attn, "loss_mask_bt": loss, "answer_mask_bt": answer}

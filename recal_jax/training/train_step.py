@@ -6,7 +6,13 @@ position 0 has no prediction, so `logp_bt[:, 0] = entropy_bt[:, 0] = 0` and the 
 at position 0 is ignored. `entropy_bt[:, t]` is the entropy of the distribution that
 predicted token t. `logp_old_bt` / `logp_ref_bt` must follow the same alignment (they
 come from `compute_logprobs`, or from the sampler's logprobs written at the positions of
-the tokens they scored).
+the tokens they scored). Log-probs and entropies are computed from the hidden states in
+chunks of positions (`chunked_token_logprobs`): no [B, T, V] float32 tensor exists.
+
+A GRPO batch without `logp_old_bt` uses stop_gradient(logp) of the same forward pass as the
+behaviour log-probs (ratio exactly 1, the on-policy gradient): the single-update case needs
+no separate old-policy forward. Reference log-probs (KL term) not given in the batch are
+computed per micro-batch inside the step from `state.ref_params`.
 
 Gradient accumulation: the batch is cut into `num_microbatches` interleaved micro-batches
 (row j goes to micro-batch j % n, so each keeps its rows spread over the data-parallel
@@ -20,6 +26,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,9 +78,58 @@ def token_logprobs(logits_btv: jax.Array, tokens_bt: jax.Array) -> tuple[jax.Arr
             jnp.concatenate([pad, entropy_bt], axis=1))
 
 
-def _forward(graphdef: nnx.GraphDef, params: Any, tokens_bt, attention_mask_bt):
+LOGPROB_CHUNK_TOKENS = 1024  # rows x positions per chunk of the chunked log-probs
+
+
+def chunked_token_logprobs(logits_fn: Callable[[jax.Array], jax.Array], h_btd: jax.Array,
+                           tokens_bt: jax.Array, chunk_len: int) -> tuple[jax.Array, jax.Array]:
+    """(logp_bt, entropy_bt) f32[B, T] equal to token_logprobs(logits_fn(h_btd), tokens_bt),
+    computed over chunks of `chunk_len` positions: lax.scan over the chunks, each
+    rematerialised, so only one chunk's logits f32[B, chunk_len, V] exist at a time (in the
+    forward and in the backward pass).
+
+    logits_fn: h_bcd -> logits f32[B, C, V] (e.g. Qwen2.lm_logits); h_btd: hidden states.
+    """
+    chex.assert_rank(h_btd, 3)
+    chex.assert_equal_shape_prefix([h_btd, tokens_bt], 2)
+    if chunk_len < 1:
+        raise ValueError(f"chunk_len must be >= 1; got {chunk_len}")
+    b, t, d = h_btd.shape
+    n = t - 1  # predicted positions 1..T-1, read from the hidden states at 0..T-2
+    c = min(chunk_len, n)
+    k = -(-n // c)
+    h_kbcd = jnp.pad(h_btd[:, :-1], ((0, 0), (0, k * c - n), (0, 0)))
+    h_kbcd = h_kbcd.reshape(b, k, c, d).swapaxes(0, 1)
+    y_kbc = jnp.pad(tokens_bt[:, 1:], ((0, 0), (0, k * c - n))).reshape(b, k, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def chunk(h_bcd, y_bc):
+        logits_bcv = logits_fn(h_bcd).astype(jnp.float32)
+        logz_bc = jax.nn.logsumexp(logits_bcv, axis=-1)
+        picked_bc = jnp.take_along_axis(logits_bcv, y_bc[..., None], axis=-1)[..., 0]
+        probs_bcv = jnp.exp(logits_bcv - logz_bc[..., None])
+        return picked_bc - logz_bc, logz_bc - jnp.sum(probs_bcv * logits_bcv, axis=-1)
+
+    _, (logp_kbc, ent_kbc) = jax.lax.scan(lambda _, xs: (None, chunk(*xs)), None, (h_kbcd, y_kbc))
+    pad = jnp.zeros((b, 1), jnp.float32)
+
+    def unchunk(x_kbc):
+        return jnp.concatenate([pad, x_kbc.swapaxes(0, 1).reshape(b, k * c)[:, :n]], axis=1)
+
+    return unchunk(logp_kbc), unchunk(ent_kbc)
+
+
+def chunk_len_for(rows: int, chunk_tokens: int = LOGPROB_CHUNK_TOKENS) -> int:
+    """Positions per log-prob chunk so that a chunk holds about `chunk_tokens` tokens."""
+    return max(1, chunk_tokens // max(rows, 1))
+
+
+def _forward(graphdef: nnx.GraphDef, params: Any, tokens_bt, attention_mask_bt,
+             chunk_tokens: int = LOGPROB_CHUNK_TOKENS):
     model = nnx.merge(graphdef, params)
-    return token_logprobs(model(tokens_bt, attention_mask_bt), tokens_bt)
+    h_btd = model.hidden(tokens_bt, attention_mask_bt)
+    return chunked_token_logprobs(model.lm_logits, h_btd, tokens_bt,
+                                  chunk_len_for(tokens_bt.shape[0], chunk_tokens))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -90,7 +146,8 @@ def compute_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_bt: jax.Array,
 
 # ------------------------------------------------------------------ batch checks
 
-_GRPO_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt", "logp_old_bt", "advantages_b")
+_GRPO_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt", "advantages_b")
+_GRPO_OPTIONAL = ("logp_old_bt", "logp_ref_bt")
 _SFT_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
 
 
@@ -104,7 +161,9 @@ def _check_batch(batch: Mapping[str, Any], required, optional, rows_multiple: in
     tokens_shape = np.shape(batch["tokens_bt"])
     if len(tokens_shape) != 2 or tokens_shape[1] < 2:
         raise ValueError(f"tokens_bt must be [B, T] with T >= 2; got {tokens_shape}")
-    if not jnp.issubdtype(jnp.asarray(batch["tokens_bt"]).dtype, jnp.integer):
+    tokens = batch["tokens_bt"]
+    if not jnp.issubdtype(getattr(tokens, "dtype", None) or np.asarray(tokens).dtype,
+                          jnp.integer):
         raise ValueError("tokens_bt must hold integer token ids")
     b = tokens_shape[0]
     for key, value in batch.items():
@@ -129,14 +188,22 @@ LossFn = Callable[[Any, dict], tuple[LossTerms, dict]]
 
 
 def _accumulated_grads(loss_fn: LossFn, params: Any, batch: dict, n: int, mesh: Mesh):
-    """(grads of the global mean, LossTerms of the batch, reduced aux) over n micro-batches."""
-    micro = {k: _to_microbatches(v, n, mesh) for k, v in batch.items()}
+    """(grads of the global mean, LossTerms of the batch, reduced aux) over n micro-batches.
 
+    n > 1: lax.scan adds each micro-batch's gradient into a float32 accumulator; n == 1:
+    no scan and no accumulator (the gradient is divided in place of its dtype).
+    """
     def sum_loss(p, mb):
         terms, aux = loss_fn(p, mb)
         return terms.total, (terms, aux)
 
     grad_fn = jax.grad(sum_loss, has_aux=True)
+    if n == 1:
+        grads, (terms, aux) = grad_fn(params, batch)
+        grads = jax.tree.map(lambda g, p: safe_divide(g, terms.denom).astype(p.dtype),
+                             grads, params)
+        return grads, terms, reduce_stacked_aux(jax.tree.map(lambda x: x[None], aux))
+    micro = {k: _to_microbatches(v, n, mesh) for k, v in batch.items()}
 
     def body(carry, mb):
         grad_acc, denom_acc = carry
@@ -157,6 +224,8 @@ class _ShardedStep:
 
     The state keeps the shardings `tree_shardings(state, mesh, tensor_parallel)` gives it
     (params by their nnx metadata); the batch rows are split over ('data', 'fsdp').
+    `lower(state, batch)` lowers the step for abstract (jax.ShapeDtypeStruct) or concrete
+    arguments without running it, e.g. to `.compile().memory_analysis()` ahead of time.
     """
 
     def __init__(self, step_fn, mesh: Mesh, tensor_parallel: bool | None,
@@ -168,8 +237,7 @@ class _ShardedStep:
         self._compiled = None
         self._state_shardings = None
 
-    def __call__(self, state: TrainState, batch: Mapping[str, Any]):
-        self._check(state, batch)
+    def _jitted(self, state: TrainState):
         if self._compiled is None:
             self._state_shardings = tree_shardings(state, self._mesh, self._tensor_parallel)
             self._compiled = jax.jit(
@@ -177,10 +245,27 @@ class _ShardedStep:
                 out_shardings=(self._state_shardings, replicated(self._mesh)),
                 donate_argnums=0,
             )
+        return self._compiled
+
+    def __call__(self, state: TrainState, batch: Mapping[str, Any]):
+        self._check(state, batch)
+        step = self._jitted(state)
         state = jax.device_put(state, self._state_shardings)
         batch = {k: jax.device_put(v, batch_sharding(self._mesh, np.ndim(v)))
                  for k, v in batch.items()}
-        return self._compiled(state, batch)
+        return step(state, batch)
+
+    def lower(self, state: TrainState, batch: Mapping[str, Any]):
+        """jax.stages.Lowered of the step for `state` / `batch` (shapes and dtypes only)."""
+        self._check(state, batch)
+        step = self._jitted(state)
+
+        def spec(x, sharding):
+            return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+        state = jax.tree.map(spec, state, self._state_shardings)
+        batch = {k: spec(v, batch_sharding(self._mesh, np.ndim(v))) for k, v in batch.items()}
+        return step.lower(state, batch)
 
 
 def _apply(state: TrainState, optimizer, grads) -> TrainState:
@@ -206,14 +291,17 @@ def _grad_step(loss_fn, state: TrainState, batch: dict, n: int, mesh: Mesh, opti
 
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation,
                     loss_config: LossConfig, mesh: Mesh, num_microbatches: int = 1,
-                    tensor_parallel: bool | None = None):
+                    tensor_parallel: bool | None = None,
+                    logprob_chunk_tokens: int = LOGPROB_CHUNK_TOKENS):
     """GRPO step: (state, batch) -> (state, metrics), jitted and sharded over `mesh`.
 
     batch: tokens_bt i32[B,T], attention_mask_bt bool/int[B,T], loss_mask_bt f32[B,T],
-      logp_old_bt f32[B,T], advantages_b f32[B], optionally logp_ref_bt f32[B,T]. When
-      loss_config.kl_coef > 0 and logp_ref_bt is absent, the reference log-probs are
-      computed in the step from state.ref_params.
-    B must be divisible by num_microbatches * data * fsdp.
+      advantages_b f32[B]; optionally logp_old_bt f32[B,T] (absent: stop_gradient of the
+      current log-probs, i.e. ratio 1, for one update per batch) and logp_ref_bt f32[B,T]
+      (absent with loss_config.kl_coef > 0: computed per micro-batch from
+      state.ref_params inside the step).
+    B must be divisible by num_microbatches * data * fsdp. logprob_chunk_tokens: tokens
+    (rows x positions) per chunk of the log-prob computation.
     metrics: loss, grad_norm, num_tokens, and policy_loss's aux as plain scalars.
     """
     if num_microbatches < 1:
@@ -221,25 +309,29 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     n = num_microbatches
     cfg = loss_config
 
-    def loss_fn(params, mb):
-        logp, ent = _forward(graphdef, params, mb["tokens_bt"], mb["attention_mask_bt"])
-        return policy_loss(
-            logp, mb["logp_old_bt"], mb["advantages_b"], _policy_mask(mb),
-            clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-            agg=cfg.agg, logp_ref=mb.get("logp_ref_bt"), kl_coef=cfg.kl_coef,
-            kl_kind=cfg.kl_kind, entropy=ent)
+    def forward(params, mb):
+        return _forward(graphdef, params, mb["tokens_bt"], mb["attention_mask_bt"],
+                        logprob_chunk_tokens)
 
     def step_fn(state: TrainState, batch: dict):
-        batch = dict(batch)
-        if cfg.kl_coef > 0 and "logp_ref_bt" not in batch:
-            batch["logp_ref_bt"] = jax.lax.stop_gradient(_forward(
-                graphdef, state.ref_params, batch["tokens_bt"], batch["attention_mask_bt"])[0])
-        return _grad_step(loss_fn, state, batch, n, mesh, optimizer)
+        def loss_fn(params, mb):
+            logp, ent = forward(params, mb)
+            logp_old = mb["logp_old_bt"] if "logp_old_bt" in mb else jax.lax.stop_gradient(logp)
+            logp_ref = mb.get("logp_ref_bt")
+            if cfg.kl_coef > 0 and logp_ref is None:
+                logp_ref = jax.lax.stop_gradient(forward(state.ref_params, mb)[0])
+            return policy_loss(
+                logp, logp_old, mb["advantages_b"], _policy_mask(mb),
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                agg=cfg.agg, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
+                kl_kind=cfg.kl_kind, entropy=ent)
+
+        return _grad_step(loss_fn, state, dict(batch), n, mesh, optimizer)
 
     rows = n * batch_parallelism(mesh)
 
     def check(state, b):
-        _check_batch(b, _GRPO_KEYS, ("logp_ref_bt",), rows)
+        _check_batch(b, _GRPO_KEYS, _GRPO_OPTIONAL, rows)
         if cfg.kl_coef > 0 and "logp_ref_bt" not in b and state.ref_params is None:
             raise ValueError("kl_coef > 0 needs batch['logp_ref_bt'] or state.ref_params")
 
@@ -272,5 +364,8 @@ def make_sft_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformatio
         return _grad_step(loss_fn, state, batch, n, mesh, optimizer)
 
     rows = n * batch_parallelism(mesh)
-    check = lambda state, b: _check_batch(b, _SFT_KEYS, (), rows)
+
+    def check(state, b):
+        _check_batch(b, _SFT_KEYS, (), rows)
+
     return _ShardedStep(step_fn, mesh, tensor_parallel, check)

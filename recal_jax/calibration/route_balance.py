@@ -1,4 +1,11 @@
-"""Stateful routing rewards: EMA routing frequencies, balance and route components (spec 3)."""
+"""The stateful reward components, route and balance (spec 3), and their state.
+
+The environment (recal_jax.routing.rewards) reports only the raw facts of each rollout
+(calls per model, cost in USD); these functions turn them into components 3 (route) and 4
+(balance), and advance the state they need: the EMA routing frequency p (balance) and
+Router-R1's window of recent costs (route, rule 'router_r1'). `calibrate` is their one
+caller in training, so that state has one owner: CalibrationState.
+"""
 
 from __future__ import annotations
 
