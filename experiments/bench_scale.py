@@ -130,19 +130,9 @@ def _define_flags():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    from absl import flags
+    from launch.gpu_check import config_from_flags
 
-    f = flags.FLAGS
-    try:
-        cfg = ScaleConfig(**{field.name: getattr(f, field.name)
-                             for field in dataclasses.fields(ScaleConfig)})
-        cfg.model_config()
-    except ValueError as exc:
-        print(f"bench_scale: bad flags: {exc}", file=sys.stderr)
-        sys.exit(1)
-    row = compile_step(cfg)
+    row = compile_step(config_from_flags(ScaleConfig, argv, "bench_scale"))
     gib = 2.0 ** 30
     print(f"bench_scale: {row['preset']} L={row['num_layers']} {row['batch']}x{row['seq_len']} "
           f"micro={row['microbatches']} remat={row['remat']}: compile {row['compile_s']} s, "

@@ -360,20 +360,24 @@ def _define_flags():
     return flags.FLAGS
 
 
-def main(argv):
+def config_from_flags(cls, argv, prog: str):
+    """An instance of the dataclass `cls` from the absl flags of the same names (its
+    model_config() must build); bad flags print one line and exit with code 1."""
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments: {argv[1:]}")
     from absl import flags
 
-    f = flags.FLAGS
     try:
-        cfg = CheckConfig(**{field.name: getattr(f, field.name)
-                             for field in dataclasses.fields(CheckConfig)})
+        cfg = cls(**{field.name: getattr(flags.FLAGS, field.name) for field in dataclasses.fields(cls)})
         cfg.model_config()
     except ValueError as exc:
-        print(f"gpu_check: bad flags: {exc}", file=sys.stderr)
+        print(f"{prog}: bad flags: {exc}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(run_check(cfg))
+    return cfg
+
+
+def main(argv):
+    sys.exit(run_check(config_from_flags(CheckConfig, argv, "gpu_check")))
 
 
 if __name__ == "__main__":
