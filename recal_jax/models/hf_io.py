@@ -21,6 +21,7 @@ from flax import nnx
 
 from recal_jax.models.config import ModelConfig
 from recal_jax.models.qwen2 import Qwen2
+from recal_jax.shapes import pad_count
 
 _ST_DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -96,7 +97,7 @@ def _write_safetensors(path: str, tensors: list[tuple[str, tuple[int, ...], np.d
         offset += size
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+    raw += b" " * pad_count(len(raw), 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from recal_jax.shapes import round_up
+
 PROMPT_BUCKET = 16
 DECODE_BUCKET = 128
 STOP_BUCKET = 4
@@ -64,7 +66,8 @@ class SampleOutput(NamedTuple):
 
 
 def _round_up(x: int, m: int) -> int:
-    return max(m, int(math.ceil(x / m)) * m)
+    """shapes.round_up, but never below one bucket (an empty stop list still gets a slot)."""
+    return round_up(max(int(x), 1), m)
 
 
 def top_p_filter(logits_bv: jax.Array, top_p: jax.Array) -> jax.Array:
