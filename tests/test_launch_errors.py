@@ -47,6 +47,11 @@ def test_shipped_configs_are_valid(module, tmp_path):
         ("calibration.weights", (1.0, 2.0), "weights must be 5 finite numbers"),
         ("calibration.w_min", 3.0, "needs 0 < w_min <= w_max"),
         ("calibration.baseline", "median", "baseline must be one of"),
+        ("sft.think", "bogus", "expected one of"),
+        ("sft.routing", "best", "expected one of"),
+        ("sft.until_copy_accuracy", 1.5, r"must lie in \[0, 1\]"),
+        ("model.remat", "some", "expected one of"),
+        ("model.attention_impl", "flash", "expected one of"),
     ],
 )
 def test_each_error_names_its_flag(flag, value, message):
@@ -62,6 +67,10 @@ def test_cross_checks():
     c = synthetic_multi_turn.get_config()
     c.reward.answer_metric = "score"  # the logged score exists under single_call only
     with pytest.raises(ConfigError, match=r"^--config.reward.answer_metric='score': 'score' needs the single_call"):
+        validate_config(c)
+    c = quickstart.get_config()
+    c.sft.until_copy_accuracy = 0.9  # single_call has no answer to copy
+    with pytest.raises(ConfigError, match=r"^--config.sft.until_copy_accuracy=0.9: the held-out criterion"):
         validate_config(c)
     c = jsonl.get_config()
     with pytest.raises(ConfigError, match=r"^--config.data_dir='': suite 'jsonl' reads logged data"):

@@ -53,7 +53,8 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     from recal_jax.calibration import ALL_PRESET_NAMES
     from recal_jax.losses import AGG_MODES, KL_KINDS
     from recal_jax.routing.prompts import STYLES
-    from recal_jax.training.sft_data import QUERY_STYLES, ROUTING_RULES
+    from recal_jax.models.config import REMAT_POLICIES
+    from recal_jax.training.sft_data import QUERY_STYLES, ROUTING_RULES, THINK_STYLES
 
     n0, n1, pos = _int_at_least(0), _int_at_least(1), _real(0.0, open_low=True)
     return [
@@ -78,6 +79,13 @@ def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
         ("sft.reply_swap", _real(0.0, 1.0), "must lie in [0, 1]"),
         ("sft.routing", _one_of(ROUTING_RULES), f"expected one of {ROUTING_RULES}"),
         ("sft.query_style", _one_of(QUERY_STYLES), f"expected one of {QUERY_STYLES}"),
+        ("sft.think", _one_of(THINK_STYLES), f"expected one of {THINK_STYLES}"),
+        ("sft.until_copy_accuracy", _real(0.0, 1.0), "must lie in [0, 1] (0 = a fixed number of SFT steps)"),
+        ("sft.heldout_questions", n1, "must be >= 1"),
+        ("sft.check_every", n1, "must be >= 1"),
+        ("sft.min_steps", n0, "must be >= 0"),
+        ("model.remat", lambda v: v in REMAT_POLICIES or isinstance(v, bool), f"expected one of {sorted(REMAT_POLICIES)}"),
+        ("model.attention_impl", _one_of(("auto", "xla", "cudnn")), "expected one of ('auto', 'xla', 'cudnn')"),
         ("grpo.steps", n0, "must be >= 0 (0 = no GRPO)"),
         ("grpo.instances_per_step", n1, "must be >= 1 (questions per GRPO step)"),
         ("grpo.group_size", _int_at_least(2), "GRPO needs two or more rollouts per group (group_size >= 2); "
@@ -131,6 +139,11 @@ def _check_data(config) -> None:
             raise _fail("data_dir", data_dir, "no such directory")
     protocol = _get(config, "protocol") or SUITE_PROTOCOLS[suite]
     metric = config.reward.answer_metric
+    until = _get(config, "sft.until_copy_accuracy")
+    if until is not _MISSING and until and protocol in PROTOCOLS and protocol != "multi_turn":
+        raise _fail("sft.until_copy_accuracy", until,
+                    f"the held-out criterion measures the answer copy, which only multi_turn has "
+                    f"(this run is {protocol}); use 0 and a fixed sft.steps")
     if metric == "score" and protocol == "multi_turn":
         raise _fail("reward.answer_metric", metric, f"'score' needs the single_call protocol; suite {suite!r} runs "
                                                     "multi_turn here (use em or f1, or --config.protocol=single_call)")
