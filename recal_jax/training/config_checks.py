@@ -48,6 +48,7 @@ def _one_of(choices) -> Callable[[Any], bool]:
     return lambda v: v in choices
 
 
+# long: a declarative table, one line per flag; splitting it would only scatter the rules
 def _rules() -> list[tuple[str, Callable[[Any], bool], str]]:
     """(flag, predicate, requirement) for every value that can be checked alone."""
     from recal_jax.calibration import ALL_PRESET_NAMES
