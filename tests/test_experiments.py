@@ -149,14 +149,14 @@ def test_build_run_config_applies_overrides_preset_seed_and_route_weight():
 
 
 def test_route_weight_override_reaches_the_calibration_config():
-    from recal_jax.training.pipeline import calibration_config
+    from recal_jax.training.components import calibration_config
 
     c = run_grid.build_run_config(_grid(), run_grid.GridRun("synthetic", "recal", 0, 0.75))
     assert calibration_config(c, num_datasets=7, cost_ref=1.0).weights == (0.5, 1.0, 0.25, 0.75, 0.1)
 
 
 def test_router_r1_sweeps_its_alpha():
-    from recal_jax.training.pipeline import calibration_config
+    from recal_jax.training.components import calibration_config
 
     assert grid_layout.own_route_weight("router_r1") == 0.0  # its preset alpha is 0
     assert [grid_layout.router_r1_alpha(w) for w in (0, 0.25, 0.5, 1)] == pytest.approx([0, 0.2, 1 / 3, 0.5])

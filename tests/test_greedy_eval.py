@@ -7,7 +7,8 @@ import pytest
 from launch.configs import quickstart, synthetic_multi_turn
 from recal_jax.evaluation.evaluate import evaluate_policy
 from recal_jax.rollout.sampler import GREEDY, SamplingOptions
-from recal_jax.training.pipeline import build, eval_sampling, train_sampling
+from recal_jax.training.components import eval_sampling, train_sampling
+from recal_jax.training.pipeline import build
 
 
 def _tiny_config(protocol="single_call"):

@@ -20,27 +20,25 @@ from tqdm.auto import tqdm
 
 from recal_jax.calibration import CalibrationConfig, init_state
 from recal_jax.data import stratified_batches
+from recal_jax.evaluation.evaluate import evaluate_policy, results_table, route_summary
+from recal_jax.evaluation.plots import plot_accuracy_vs_cost, plot_training_curves
+from recal_jax.evaluation.reference_routers import reference_routers
+from recal_jax.evaluation.rollout_export import RolloutCollector, export_rollouts
+from recal_jax.evaluation.run_dir import RunDir
+from recal_jax.evaluation.stability import stability
 from recal_jax.models import save_pretrained
+from recal_jax.rollout.runner import RolloutRunner
 from recal_jax.rollout.sampler import Sampler
 from recal_jax.routing.pools import call_many_sync
 from recal_jax.shapes import round_up
 from recal_jax.training import builders, components
 from recal_jax.training.checkpoint import Checkpointer
-from recal_jax.evaluation.evaluate import evaluate_policy, results_table, route_summary
 from recal_jax.training.mesh import make_mesh
 from recal_jax.training.optim import make_optimizer
-from recal_jax.evaluation.plots import plot_accuracy_vs_cost, plot_training_curves
-from recal_jax.evaluation.reference_routers import reference_routers
-from recal_jax.rollout.runner import RolloutRunner
-from recal_jax.evaluation.rollout_export import RolloutCollector, export_rollouts
-from recal_jax.evaluation.run_dir import RunDir
-from recal_jax.evaluation.stability import stability
 from recal_jax.training.sft import HeldOutCriterion, run_sft, split_heldout
 from recal_jax.training.sft_data import build_demonstrations
 from recal_jax.training.train_state import TrainState
 from recal_jax.training.train_step import make_sft_step, make_train_step
-# re-exported: they used to live here
-from recal_jax.training.components import calibration_config, eval_sampling, train_sampling  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +79,7 @@ def build(config, workdir) -> Run:
         config, generate_fn=sampler.sample, tokenizer=tokenizer, pool=builders.build_pool(config, lg), log=lg,
         split=name, prompt_ids=prompts[name], seq_len=seq_len) for name, lg in logs.items()}
     cost_ref = components.cost_ref(config, suite.train)
-    calibration = calibration_config(config, len(suite.train.datasets), cost_ref)
+    calibration = components.calibration_config(config, len(suite.train.datasets), cost_ref)
     return Run(config=config, run_dir=run_dir, suite=suite, tokenizer=tokenizer, model=model,
                model_config=model_config, mesh=mesh, train_runner=runners["train"], test_runner=runners["test"],
                calibration=calibration, seq_len=seq_len)
@@ -101,7 +99,7 @@ def _demonstrations(run: Run):
 
 def _evaluate(run: Run, params, key, on_batch=None) -> dict:
     return evaluate_policy(run.test_runner, params, run.suite.test, key,
-                           batch_size=run.config.eval.batch_size, sampling=eval_sampling(run.config),
+                           batch_size=run.config.eval.batch_size, sampling=components.eval_sampling(run.config),
                            on_batch=on_batch)
 
 
