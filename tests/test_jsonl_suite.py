@@ -64,7 +64,7 @@ def test_score_only_log_is_single_call_scored_by_the_log(tmp_path):
     c = config_for(write_log_dir(tmp_path))
     suite = builders.load_suite(c)
     assert suite.train.protocol == suite.test.protocol == "single_call"
-    assert c.reward.answer_metric == "score"
+    assert builders.resolve_answer_metric(c.reward.answer_metric, suite.train) == "score"
     assert suite.train.datasets == suite.test.datasets == ("math", "trivia")
     assert suite.train.model_names == ("small", "mid", "large") and len(suite.train) == 10
     assert suite.train.models["large"].price_in == 2.0
@@ -88,9 +88,12 @@ def test_reference_routers_by_hand(tmp_path):
 def test_gold_answers_mean_multi_turn_and_em(tmp_path):
     c = config_for(write_log_dir(tmp_path, train=with_golds(TRAIN), test=with_golds(TEST)))
     suite = builders.load_suite(c)
-    assert suite.train.protocol == "multi_turn" and c.reward.answer_metric == "em"
+    assert suite.train.protocol == "multi_turn"
+    assert builders.resolve_answer_metric(c.reward.answer_metric, suite.train) == "em"
     c = config_for(tmp_path, protocol="single_call")
-    assert builders.load_suite(c).test.protocol == "single_call" and c.reward.answer_metric == "score"
+    suite = builders.load_suite(c)
+    assert suite.test.protocol == "single_call"
+    assert builders.resolve_answer_metric(c.reward.answer_metric, suite.test) == "score"
 
 
 def test_header_protocol_and_pool(tmp_path):

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 def load_suite(config) -> Suite:
     """The configured suite; real suites read `config.data_dir` (a clear error when it is missing).
 
-    Data problems raise DataError naming the file (and line). reward.answer_metric="auto" is
-    resolved here, on the config, from the loaded suite (see `resolve_answer_metric`): the
-    one config value that depends on the data."""
+    Data problems raise DataError naming the file (and line). reward.answer_metric is checked
+    against the loaded suite's protocol here (`resolve_answer_metric`, which components call
+    to turn "auto" into the metric the scorer uses); the config is not modified."""
     name = config.suite
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; expected one of {SUITES} (--config.suite)")
@@ -51,7 +51,7 @@ def load_suite(config) -> Suite:
         else:
             suite = load_qa7(config.data_dir)
     suite = _capped(_with_protocol(suite, protocol), config.max_train_instances, config.max_test_instances)
-    config.reward.answer_metric = resolve_answer_metric(config.reward.answer_metric, suite.train)
+    resolve_answer_metric(config.reward.answer_metric, suite.train)  # fails early on a mismatch
     _check_costs(config, suite.train)
     return suite
 

@@ -23,6 +23,7 @@ from recal_jax.rollout.sampler import GREEDY, SamplingOptions
 from recal_jax.routing.pools import Pool
 from recal_jax.routing.rewards import default_cost_ref
 from recal_jax.shapes import round_up
+from recal_jax.training.builders import resolve_answer_metric
 from recal_jax.training.grpo import GRPOIteration
 from recal_jax.training.optim import OptimConfig
 from recal_jax.training.train_step import LossConfig, compute_logprobs
@@ -83,9 +84,9 @@ def rollout_engine(config, *, generate_fn: Callable, tokenizer, pool: Pool, log:
 
 def rollout_runner(config, *, generate_fn: Callable, tokenizer, pool: Pool, log: RoutingLog, split: str,
                    prompt_ids: Callable[[RoutingRecord], list[int]], seq_len: int) -> RolloutRunner:
-    """Engine + scorer (reward.answer_metric) of one split."""
+    """Engine + scorer of one split (reward.answer_metric, "auto" resolved for the log)."""
     engine = rollout_engine(config, generate_fn=generate_fn, tokenizer=tokenizer, pool=pool, log=log, split=split)
-    scorer = Scorer(log=log, answer_metric=config.reward.answer_metric)
+    scorer = Scorer(log=log, answer_metric=resolve_answer_metric(config.reward.answer_metric, log))
     return RolloutRunner(engine=engine, scorer=scorer, prompt_ids=prompt_ids, seq_len=seq_len)
 
 
