@@ -1,6 +1,6 @@
 """Benchmark: jit-compiled `calibrate` (preset recal) vs a vectorised numpy version of the same math.
 
-    python experiments/bench_calibration.py [--sizes 64 1024 16384] [--runs 50]
+    python -m experiments.bench_calibration [--sizes 64 1024 16384] [--runs 50]
 
 Both run in this process on the same inputs (U instances, G=8, K=5, D=7); the outputs are
 checked to agree first, then each is timed after warm-up (median over --runs calls). The

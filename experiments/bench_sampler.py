@@ -1,7 +1,7 @@
 """Throughput of the jit sampler vs transformers `generate` (PyTorch CPU), plus training
 tokens/s of the same tiny model. Prints a markdown table.
 
-    python experiments/bench_sampler.py [--preset tiny] [--prompt-len 32] [--new 64]
+    python -m experiments.bench_sampler [--preset tiny] [--prompt-len 32] [--new 64]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ahead-of-time compile time and memory of the GRPO train step at Qwen2.5 scale, on CPU.
 
-    python experiments/bench_scale.py --preset=qwen2.5-0.5b --batch=32 --seq_len=1024
-    python experiments/bench_scale.py --preset=qwen2.5-3b --batch=256 --seq_len=1024 \\
+    python -m experiments.bench_scale --preset=qwen2.5-0.5b --batch=32 --seq_len=1024
+    python -m experiments.bench_scale --preset=qwen2.5-3b --batch=256 --seq_len=1024 \\
         --microbatches=8 --remat=full            # the qa7_live step
 
 The step is built exactly as training builds it (recal_jax.training.train_step.
