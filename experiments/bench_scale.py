@@ -13,10 +13,14 @@ arguments (params, optimizer state, reference params, batch), of the outputs (th
 state aliases the donated one) and of the temporaries (activations, gradients and their
 accumulator, logits chunks, ...): what must fit on one accelerator besides the arguments.
 The numbers are XLA:CPU's buffer assignment; XLA:GPU's differs in detail (fusion, cuDNN
-attention, which needs no score matrix), so treat them as an estimate.
+attention, which needs no score matrix), so treat them as an estimate. On CPU the step is
+compiled without XLA:CPU's hoisting of f32 weight copies (CPU_ONLY_PASSES_OFF; the flag
+--cpu_weight_hoisting keeps it).
 
 The last line printed is one JSON object: {"preset", "num_layers", "batch", "seq_len",
 "microbatches", "remat", "compile_s", "argument_bytes", "output_bytes", "temp_bytes", ...}.
+`compile_cpu_s` is the compile's CPU time (all threads of this process): on a shared machine
+it varies less with the other jobs than the wall time `compile_s` does.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ class ScaleConfig:
     kl_coef: float = 0.001
     attention_impl: str = "auto"
     logprob_chunk_tokens: int = LOGPROB_CHUNK_TOKENS
+    cpu_weight_hoisting: bool = False  # keep XLA:CPU's hoisted f32 weight copies (see CPU_ONLY_PASSES_OFF)
 
     def __post_init__(self):
         for name in ("batch", "seq_len", "microbatches", "logprob_chunk_tokens"):
@@ -81,6 +86,22 @@ def abstract_batch(batch: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
             "advantages_b": jax.ShapeDtypeStruct((batch,), jnp.float32)}
 
 
+# XLA:CPU computes bf16 matmuls in f32, and its while-loop-invariant code motion then hoists
+# an f32 copy of every bf16 weight (policy and reference) out of the micro-batch loop: about
+# 8 bytes per parameter of temporaries (25 GiB at 3B) that an accelerator with native bf16
+# matmuls never allocates. On CPU, unless cfg.cpu_weight_hoisting, the step is compiled with
+# that pass off so that the temporaries estimate the accelerator's; the row says which.
+CPU_ONLY_PASSES_OFF = {"xla_disable_hlo_passes": "while-loop-invariant-code-motion"}
+
+
+def compiler_options(cfg: ScaleConfig, backend: str) -> dict[str, str]:
+    """XLA options of the AOT compile: CPU_ONLY_PASSES_OFF on CPU without
+    cfg.cpu_weight_hoisting, else none (accelerators compile as training does)."""
+    if backend == "cpu" and not cfg.cpu_weight_hoisting:
+        return dict(CPU_ONLY_PASSES_OFF)
+    return {}
+
+
 def compile_step(cfg: ScaleConfig) -> dict:
     """Lowers and compiles the train step of `cfg` from abstract inputs; the result row."""
     model_config = cfg.model_config()
@@ -95,18 +116,20 @@ def compile_step(cfg: ScaleConfig) -> dict:
     t0 = time.perf_counter()
     lowered = step.lower(state, abstract_batch(cfg.batch, cfg.seq_len))
     lower_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+    options = compiler_options(cfg, jax.default_backend())
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    compiled = lowered.compile(compiler_options=options)
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     mem = compiled.memory_analysis()
     return {
         "preset": cfg.preset, "num_layers": model_config.num_layers, "batch": cfg.batch,
         "seq_len": cfg.seq_len, "microbatches": cfg.microbatches, "remat": model_config.remat,
-        "compile_s": round(compile_s, 2), "argument_bytes": int(mem.argument_size_in_bytes),
+        "compile_s": round(compile_s, 2), "compile_cpu_s": round(compile_cpu_s, 2),
+        "argument_bytes": int(mem.argument_size_in_bytes),
         "output_bytes": int(mem.output_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
         "lower_s": round(lower_s, 2), "dtype": cfg.dtype, "kl_coef": cfg.kl_coef,
         "attention_impl": model_config.resolved_attention_impl(),
-        "backend": jax.default_backend(),
+        "backend": jax.default_backend(), "compiler_options": options,
     }
 
 
@@ -126,6 +149,9 @@ def _define_flags():
                       "dot_product_attention backend.")
     flags.DEFINE_integer("logprob_chunk_tokens", d.logprob_chunk_tokens,
                          "Tokens per chunk of the log-prob computation.")
+    flags.DEFINE_bool("cpu_weight_hoisting", d.cpu_weight_hoisting,
+                      "On CPU, keep the loop-invariant code motion that hoists f32 copies of "
+                      "the bf16 weights (off by default: CPU-only temporaries).")
     return flags.FLAGS
 
 

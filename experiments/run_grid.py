@@ -220,6 +220,8 @@ def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.Con
     apply_overrides(config, grid.get("overrides", None) or {})
     config.suite = run.suite
     config.seed = run.seed
+    if results_dir is not None and "reference_cache_dir" in config.eval:
+        config.eval.reference_cache_dir = str(cache_dir(results_dir) / "classical")
     if run.sft_only:
         apply_overrides(config, {"grpo.steps": 0, "eval.after_sft": False})
         return config
@@ -236,6 +238,16 @@ def build_run_config(grid, run: GridRun, results_dir=None) -> ml_collections.Con
     return config
 
 
+# Config keys that change where a run keeps caches, not what it computes.
+NOT_RESULT_KEYS = ("eval.reference_cache_dir",)
+
+
+def cache_dir(results_dir) -> pathlib.Path:
+    """`<results_dir>/.cache`: what the runs of a grid share (fitted classical routers, JAX's
+    persistent compilation cache: every run of a suite compiles the same shapes)."""
+    return pathlib.Path(results_dir).resolve() / ".cache"
+
+
 def check_sft_record(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:
     """An SFT job directory is shared by grids (dcrouter and dcrouter_cost): refuse to reuse one
     whose recorded config differs from `config` (the calibration section is ignored: SFT does
@@ -246,7 +258,8 @@ def check_sft_record(config: ml_collections.ConfigDict, path: pathlib.Path) -> N
     recorded = flatten_overrides(json.loads(recorded_path.read_text()))
     current = flatten_overrides(json.loads(config.to_json()))
     diff = sorted(k for k in set(recorded) | set(current)
-                  if not k.startswith("calibration.") and recorded.get(k) != current.get(k))
+                  if not k.startswith("calibration.") and k not in NOT_RESULT_KEYS
+                  and recorded.get(k) != current.get(k))
     if diff:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in diff[:5])
         raise ValueError(f"shared SFT job {path} was made with another config ({shown}); "
@@ -259,6 +272,8 @@ def subprocess_runner(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
     cfg_path.write_text(config.to_json(indent=2, sort_keys=True))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    # workdir is <results_dir>/<suite>/<run>; a cache the caller chose is kept
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir(workdir.parents[1]) / "jax"))
     with (workdir / RUN_LOG).open("a") as log:
         proc = subprocess.run([sys.executable, "-m", WORKER, "--run_config", str(cfg_path), "--workdir", str(workdir)],
                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, check=False)

@@ -37,3 +37,21 @@ def test_bad_flags_raise():
         bench_scale.ScaleConfig(batch=6, microbatches=4)
     with pytest.raises(ValueError, match="remat"):
         bench_scale.ScaleConfig(remat="some").model_config()
+
+
+def test_cpu_weight_hoisting_is_what_the_default_leaves_out():
+    """On XLA:CPU the bf16 step with hoisting keeps f32 copies of the weights as temporaries
+    (4 bytes per parameter and copy); the default compile leaves them out."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the hoisting option only applies to XLA:CPU")
+    base = dict(preset="tiny", num_layers=2, batch=4, seq_len=16, microbatches=2,
+                remat="full", dtype="bfloat16")
+    default = bench_scale.compile_step(bench_scale.ScaleConfig(**base))
+    hoisted = bench_scale.compile_step(bench_scale.ScaleConfig(**base, cpu_weight_hoisting=True))
+    assert default["compiler_options"] == bench_scale.CPU_ONLY_PASSES_OFF
+    assert hoisted["compiler_options"] == {}
+    assert default["argument_bytes"] == hoisted["argument_bytes"]
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(
+        Qwen2(bench_scale.ScaleConfig(**base).model_config(), rngs=nnx.Rngs(0)), nnx.Param)))
+    # at least one f32 copy of the policy's weights is the difference
+    assert hoisted["temp_bytes"] - default["temp_bytes"] >= 4 * n_params

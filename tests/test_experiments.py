@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import types
 import subprocess
 import sys
 
@@ -146,6 +147,37 @@ def test_build_run_config_applies_overrides_preset_seed_and_route_weight():
         run_grid.build_run_config(_grid(overrides={"grpo": {"stepz": 3}}), run)
     with pytest.raises(ValueError, match="no section"):
         run_grid.build_run_config(_grid(overrides={"grpoo": {"steps": 3}}), run)
+
+
+def test_grid_runs_share_caches_that_do_not_change_results(tmp_path, monkeypatch):
+    run = run_grid.GridRun("synthetic", "grpo", 0)
+    c = run_grid.build_run_config(_grid(), run, tmp_path)
+    assert c.eval.reference_cache_dir == str(tmp_path.resolve() / ".cache" / "classical")
+    assert run_grid.build_run_config(_grid(), run).eval.reference_cache_dir == ""  # no results dir: no cache
+    # an SFT job recorded before (or without) the cache key is still reused
+    sft = run_grid.sft_job("synthetic", 0)
+    sft_dir = tmp_path / "synthetic" / "_sft-s0"
+    sft_dir.mkdir(parents=True)
+    recorded = run_grid.build_run_config(_grid(), sft)
+    del recorded.eval["reference_cache_dir"]
+    (sft_dir / run_grid.RUN_CONFIG).write_text(recorded.to_json())
+    run_grid.check_sft_record(run_grid.build_run_config(_grid(), sft, tmp_path), sft_dir)
+    # each worker gets the grid's JAX compilation cache unless the caller chose one
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(kw["env"])
+        return types.SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(run_grid.subprocess, "run", fake_run)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    workdir = tmp_path / "synthetic" / "grpo-s0"
+    workdir.mkdir(parents=True)
+    assert run_grid.subprocess_runner(c, workdir) == 0
+    assert seen["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path.resolve() / ".cache" / "jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    run_grid.subprocess_runner(c, workdir)
+    assert seen["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
 
 
 def test_route_weight_override_reaches_the_calibration_config():

@@ -57,8 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.calibration = calibration_section()
     c.reward = ml_collections.ConfigDict(dict(answer_metric="em", cost_ref=0.0, route_rule="linear"))
     # export_rollouts: the final evaluation's rollouts as a datasets.Dataset in <workdir>/eval_rollouts
+    # reference_cache_dir: a directory caching the fitted classical routers ("" = fit them in every
+    # run; experiments.run_grid points all runs of a grid at one, since they fit the same routers)
     c.eval = ml_collections.ConfigDict(dict(every=0, greedy=True, batch_size=128, after_sft=True,
-                                            export_rollouts=True))
+                                            export_rollouts=True, reference_cache_dir=""))
     c.pool = ml_collections.ConfigDict(dict(endpoints="", cache_dir="", concurrency=32))
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=2))
     c.log_every = 1

@@ -73,7 +73,7 @@ def choice_result(log, name, scores_nm, costs_nm, choice_n) -> RouterResult:
 
 
 def reference_routers(log: RoutingLog, train_log: RoutingLog | None = None, *, seed: int = 0,
-                      classical_config=None) -> dict[str, RouterResult]:
+                      classical_config=None, cache_dir=None) -> dict[str, RouterResult]:
     """All reference routers on `log` (the evaluated split). `random` is the expectation over a
     uniform choice.
 
@@ -82,7 +82,8 @@ def reference_routers(log: RoutingLog, train_log: RoutingLog | None = None, *, s
     upper bound for any fixed-model policy). With `train_log`, also the classical routers
     `knn`, `linear` and `softmax` fit on it (`classical_routers`, deterministic given `seed`;
     `classical_config` a ClassicalConfig, None for the defaults), except for a one-model pool
-    or a train split of one record (nothing to route between, nothing to hold out)."""
+    or a train split of one record (nothing to route between, nothing to hold out).
+    `cache_dir`: where fitted classical routers are cached (`classical_cache`; None: no cache)."""
     if len(log) == 0:
         raise ValueError(f"routing log {log.name!r} is empty: no reference routers to compute")
     scores, costs = score_and_cost_matrices(log)
@@ -106,9 +107,11 @@ def reference_routers(log: RoutingLog, train_log: RoutingLog | None = None, *, s
     cheapest = np.argmin(np.where(scores >= best_score, costs, np.inf), axis=1)
     results["cheapest_correct"] = choice_result(log, "cheapest_correct", scores, costs, cheapest)
     if train_log is not None and m >= 2 and len(train_log) >= 2:
-        from recal_jax.evaluation import classical_routers as cr  # imports this module
+        from recal_jax.evaluation import classical_cache, classical_routers as cr  # they import this module
 
-        results.update(cr.classical_routers(train_log, log, seed=seed, config=classical_config or cr.ClassicalConfig()))
+        config = classical_config or cr.ClassicalConfig()
+        results.update(classical_cache.cached(lambda: cr.classical_routers(train_log, log, seed=seed, config=config),
+                                              cache_dir, train_log, log, seed, config))
     return results
 
 

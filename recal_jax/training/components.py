@@ -14,6 +14,7 @@ import functools
 from typing import Callable, Iterable
 
 from flax import nnx
+from jax.sharding import Mesh
 
 from recal_jax.calibration import CalibrationConfig
 from recal_jax.data.schema import RoutingLog, RoutingRecord
@@ -119,11 +120,13 @@ def logprobs_fn(graphdef: nnx.GraphDef) -> Callable:
 
 
 def grpo_iteration(config, *, runner: RolloutRunner, calibration: CalibrationConfig, train_step: Callable,
-                   logprobs: Callable) -> GRPOIteration:
-    """One GRPO iteration (roll out, score, calibrate, update) with the options of config.grpo."""
+                   logprobs: Callable, mesh: Mesh | None = None) -> GRPOIteration:
+    """One GRPO iteration (roll out, score, calibrate, update) with the options of config.grpo.
+    `mesh` (the train step's) is needed when there are several processes: each rolls out its
+    own slice of the records and the batch is assembled over the mesh (GRPOIteration)."""
     g = config.grpo
     return GRPOIteration(
         runner=runner, calibration=calibration, train_step=train_step, logprobs_fn=logprobs,
         group_size=g.group_size, updates_per_batch=g.updates_per_batch,
-        recompute_old_logprobs=g.recompute_old_logprobs, sampling=train_sampling(config),
+        recompute_old_logprobs=g.recompute_old_logprobs, sampling=train_sampling(config), mesh=mesh,
     )

@@ -4,15 +4,23 @@ Call `maybe_initialize_distributed()` first thing in a launcher, before anything
 a JAX device. With several processes each one loads its own slice of every batch (rows
 [p * B / P, (p + 1) * B / P) for process p of P) and `host_local_batch_to_global` assembles
 the global, row-sharded arrays that the train step takes.
+
+Multi-host GRPO (recal_jax.training.grpo) rolls out a slice of each step's records per
+process (`process_rows`), gathers the per-row reward arrays (`allgather_rows`) so that every
+process calibrates the same global batch, and samples from process-local copies of the
+policy's parameters (`process_local`). The gathering functions are collectives: every
+process calls them, in the same order, with the same names and shapes.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
 from recal_jax.training.mesh import batch_sharding
 
@@ -78,3 +86,87 @@ def host_local_batch_to_global(batch: Mapping[str, Any], mesh: Mesh) -> dict:
         out[name] = jax.make_array_from_process_local_data(
             batch_sharding(mesh, local.ndim), local)
     return out
+
+
+def process_rows(rows: Sequence[Any], process_index: int, process_count: int, *,
+                 name: str = "rows") -> Sequence[Any]:
+    """Process p's contiguous block rows[p * U / P:(p + 1) * U / P] of `rows` (a sequence
+    or an array with a leading axis of length U). U must be divisible by P (a ValueError
+    names `name` and both numbers otherwise)."""
+    total = len(rows)
+    if total % process_count:
+        raise ValueError(f"{name} ({total}) must be divisible by the number of processes "
+                         f"({process_count}): each process takes an equal slice")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    size = total // process_count
+    return rows[process_index * size:(process_index + 1) * size]
+
+
+def allgather_rows(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """{name: x[R, ...]} of this process -> {name: numpy [P * R, ...]}: every process's rows,
+    process 0's first (multihost_utils.process_allgather, tiled). Collective: every process
+    passes the same names with the same shapes and dtypes. One process: numpy copies."""
+    local = {k: np.asarray(v) for k, v in arrays.items()}
+    scalars = [k for k, v in local.items() if v.ndim == 0]
+    if scalars:
+        raise ValueError(f"allgather_rows needs arrays with a row axis; {scalars} are scalars")
+    gathered = multihost_utils.process_allgather(local, tiled=True)
+    return {k: np.asarray(v) for k, v in gathered.items()}
+
+
+def global_max(value: int) -> int:
+    """The largest `value` over all processes (collective)."""
+    return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int64))))
+
+
+def process_local(tree: Any) -> Any:
+    """`tree` with every jax.Array usable by this process alone (e.g. as the sampler's
+    weights, in a computation that the other processes do not join). Per leaf:
+
+    - numpy values and fully addressable arrays: unchanged;
+    - arrays whose whole value is held by this process's devices (replicated across
+      processes: every parameter under a mesh whose 'fsdp' and 'tensor' axes lie within
+      one process, 'data' across processes; any fully replicated array): the same device
+      buffers, re-wrapped as an array over the process's own block of the mesh (no copy,
+      no communication), so the sampler keeps the fsdp/tensor layout within the process;
+    - otherwise (a parameter split across processes, or a mesh whose devices of this
+      process are not one block): gathered from all processes (process_allgather, a
+      collective; a host copy when fully replicated) onto this process's default device.
+    Same shapes and dtypes as `tree`; the values are equal.
+    """
+    return jax.tree.map(_process_local_leaf, tree)
+
+
+def _process_local_leaf(x: Any) -> Any:
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return x
+    local = _local_sharding(x.sharding)
+    if local is not None:
+        return jax.make_array_from_single_device_arrays(
+            x.shape, local, [s.data for s in x.addressable_shards])
+    # uncommitted (default device) so that they mix with leaves on the process's own block
+    if x.sharding.is_fully_replicated:
+        return jnp.asarray(np.asarray(x.addressable_data(0)))
+    return jnp.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _local_sharding(sharding: Any) -> NamedSharding | None:
+    """`sharding` restricted to this process's devices, when they form a block of its mesh
+    that spans every mesh axis the spec shards over; else None."""
+    if not isinstance(sharding, NamedSharding):
+        return None
+    mesh = sharding.mesh
+    devices = np.asarray(mesh.devices)
+    mine = np.vectorize(lambda d: d.process_index == jax.process_index())(devices)
+    if not mine.any():
+        return None
+    block = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mine))
+    if not mine[block].all():
+        return None
+    local_mesh = Mesh(devices[block], mesh.axis_names, axis_types=mesh.axis_types)
+    used = [a for entry in sharding.spec if entry is not None
+            for a in (entry if isinstance(entry, tuple) else (entry,))]
+    if any(local_mesh.shape[a] != mesh.shape[a] for a in used):
+        return None
+    return NamedSharding(local_mesh, sharding.spec)

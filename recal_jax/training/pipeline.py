@@ -166,7 +166,8 @@ def _final_stage(run: Run, state: TrainState, ckpt: Checkpointer, summary: dict,
     summary["truncated_questions"] = {name: len(getattr(runner.prompt_ids, "truncated", ()))
                                       for name, runner in (("train", run.train_runner), ("test", run.test_runner))}
     summary["timings"]["eval_seconds"] = time.perf_counter() - t0
-    refs = reference_routers(run.suite.test, run.suite.train, seed=c.seed)
+    refs = reference_routers(run.suite.test, run.suite.train, seed=c.seed,
+                             cache_dir=c.eval.get("reference_cache_dir") or None)
     summary.update(policy=policy, references={k: v.to_json() for k, v in refs.items()},
                    preset=c.calibration.preset, suite=c.suite, grpo_steps=int(state.data_position))
     summary["stability"] = stability(rd.read_metrics("train"))
@@ -223,7 +224,8 @@ def _grpo(run: Run, state: TrainState, optimizer, ckpt: Checkpointer, progress: 
     train_step = make_train_step(state.graphdef, optimizer, loss_config=components.loss_config(c),
                                  mesh=run.mesh, num_microbatches=g.microbatches)
     iteration = components.grpo_iteration(c, runner=run.train_runner, calibration=run.calibration,
-                                          train_step=train_step, logprobs=components.logprobs_fn(state.graphdef))
+                                          train_step=train_step, logprobs=components.logprobs_fn(state.graphdef),
+                                          mesh=run.mesh)
     start = int(state.data_position)
     batches = stratified_batches(run.suite.train, g.instances_per_step, np.random.default_rng(c.seed))
     batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
