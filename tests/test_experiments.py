@@ -171,10 +171,12 @@ def test_grid_runs_share_caches_that_do_not_change_results(tmp_path, monkeypatch
 
     monkeypatch.setattr(run_grid.subprocess, "run", fake_run)
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
     workdir = tmp_path / "synthetic" / "grpo-s0"
     workdir.mkdir(parents=True)
     assert run_grid.subprocess_runner(c, workdir) == 0
     assert seen["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path.resolve() / ".cache" / "jax")
+    assert seen["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
     run_grid.subprocess_runner(c, workdir)
     assert seen["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
