@@ -34,16 +34,20 @@ def single_process_reference():
     return worker.flat_params(state.params), float(metrics["loss"])
 
 
-def test_two_processes_match_single_process(tmp_path):
-    port, nproc = free_port(), 2
+def start_processes(script: str, args_per_process: list[list]) -> list[subprocess.Popen]:
+    """Starts tests/<script> once per argument list, all at once, in an environment without
+    the caller's multi-process or XLA settings."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS", "SLURM"))}
+           if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS", "SLURM", "XLA_FLAGS"))}
     env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
-    outs = [tmp_path / f"p{p}.npz" for p in range(nproc)]
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"),
-                               str(port), str(p), str(nproc), str(outs[p])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for p in range(nproc)]
+    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, script), *map(str, args)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for args in args_per_process]
+    return procs
+
+
+def wait_processes(procs: list[subprocess.Popen]) -> None:
+    """Waits for `procs` (killing any left after a failure); fails with a process's output tail."""
     logs = []
     try:
         for p in procs:
@@ -54,6 +58,12 @@ def test_two_processes_match_single_process(tmp_path):
                 p.kill()
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
+
+
+def test_two_processes_match_single_process(tmp_path):
+    port, nproc = free_port(), 2
+    outs = [tmp_path / f"p{p}.npz" for p in range(nproc)]
+    wait_processes(start_processes("multihost_worker.py", [[port, p, nproc, outs[p]] for p in range(nproc)]))
 
     ref_params, ref_loss = single_process_reference()
     for out in outs:

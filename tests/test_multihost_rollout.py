@@ -3,7 +3,6 @@ every step's records, == one process rolling out both halves (with the same per-
 keys), calibrating the whole batch and training on it."""
 import dataclasses
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import multihost_rollout_worker as worker  # noqa: E402
-from test_multihost import free_port  # noqa: E402
+from test_multihost import free_port, start_processes, wait_processes  # noqa: E402
 
 NPROC = 2
 
@@ -60,28 +59,10 @@ def single_process_reference(run):
 
 def _spawn(tmp_path, policy_dir):
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS", "SLURM", "XLA_FLAGS"))}
-    env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
     outs = [tmp_path / f"p{p}.npz" for p in range(NPROC)]
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_rollout_worker.py"), str(port),
-                               str(p), str(NPROC), str(policy_dir), str(tmp_path / f"run{p}"), str(outs[p])],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for p in range(NPROC)]
+    procs = start_processes("multihost_rollout_worker.py",
+                            [[port, p, NPROC, policy_dir, tmp_path / f"run{p}", outs[p]] for p in range(NPROC)])
     return procs, outs
-
-
-def _wait(procs):
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=300)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
 
 
 def test_each_process_rolls_out_its_own_slice(tmp_path):
@@ -91,7 +72,7 @@ def test_each_process_rolls_out_its_own_slice(tmp_path):
     try:  # the reference runs while the workers do
         ref, ref_ids = single_process_reference(worker.build_run(tmp_path / "reference", policy_dir))
     finally:
-        _wait(procs)
+        wait_processes(procs)
     got = [np.load(out) for out in outs]
     for step in range(worker.ITERATIONS):  # (a) each process rolled out its own slice
         for p in range(NPROC):
