@@ -18,24 +18,15 @@ ITERATIONS, U, G = 2, 4, 4  # records per step (split over the processes), rollo
 
 
 def tiny_config():
-    """The quickstart (single_call) config, shrunk to a one-layer policy on a small suite."""
-    from launch.configs import quickstart
+    """test_pipeline's tiny quickstart (single_call) config with this test's step sizes."""
+    from test_pipeline import tiny_config as pipeline_tiny_config
 
-    c = quickstart.get_config()
-    c.synthetic.n_train_per_family = 6
-    c.synthetic.n_test_per_family = 2
-    c.tokenizer.vocab_size = 400
-    c.model.num_layers = 1
-    c.model.hidden_size = 32
-    c.grpo.instances_per_step = U
-    c.grpo.group_size = G
-    c.grpo.max_new_tokens_per_turn = 24
-    c.grpo.max_total_tokens = 24
-    c.grpo.kl_coef = 0.0  # no reference forward in the step: less to compile
+    c = pipeline_tiny_config(instances_per_step=U, group_size=G, max_new_tokens_per_turn=24,
+                             max_total_tokens=24,
+                             kl_coef=0.0)  # no reference forward in the step: less to compile
     c.sft.steps = 80  # enough for some format-valid rollouts: non-zero advantages
     c.sft.batch_size = 16
     c.sft.learning_rate = 1e-2
-    c.eval.after_sft = False
     return c
 
 
