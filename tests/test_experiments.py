@@ -80,8 +80,9 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # dcrouter: 9 + 2 extension presets x 3 seeds. dcrouter_cost: 4 presets x 4 route weights x
     # 3 seeds; the 12 at each preset's own route weight (0.25; router_r1's: 0) are the dcrouter
     # grid's plain runs (checked below).
+    # synthetic_cost: 4 presets x 3 route weights x 3 seeds, 12 of them the synthetic grid's plain runs.
     sizes = {"synthetic": 27, "dcrouter": 33, "nq_pool6": 9, "dcrouter_cost": 48, "dcrouter_ext": 6,
-             "dcrouter_long": 9}
+             "dcrouter_long": 9, "synthetic_cost": 36}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
@@ -96,11 +97,14 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
         assert config.sft.steps == 0 and config.eval.after_sft
         sft = run_grid.build_run_config(grid, jobs[0], tmp_path)
         assert sft.sft.steps > 0 and sft.grpo.steps == 0 and not sft.eval.after_sft
-        if name == "dcrouter_cost":  # the points at the presets' own route weight are dcrouter's plain runs
-            dcrouter = {r.key for r in run_grid.expand_grid(run_grid.load_config_file(
-                ROOT / "experiments" / "grid_configs" / "dcrouter.py"))}
-            assert len({r.key for r in runs} & dcrouter) == 12
-            assert "dcrouter/router_r1-s0" in dcrouter and "dcrouter/router_r1-rw0.25-s0" in {r.key for r in runs}
+        if name in ("dcrouter_cost", "synthetic_cost"):  # the points at the presets' own route weight
+            suite = name.split("_")[0]  # are the plain runs of the suite's grid, with the same SFT starts
+            plain_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{suite}.py")
+            plain = {r.key for r in run_grid.expand_grid(plain_grid)}
+            assert len({r.key for r in runs} & plain) == 12
+            assert f"{suite}/router_r1-s0" in plain and f"{suite}/router_r1-rw0.25-s0" in {r.key for r in runs}
+            plain_sft = run_grid.build_run_config(plain_grid, jobs[0], tmp_path)
+            assert sft.to_json(sort_keys=True) == plain_sft.to_json(sort_keys=True)
         if name == "dcrouter_ext":  # the same sizes as dcrouter, so its SFT starts are shared
             dcrouter_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / "dcrouter.py")
             dcrouter_sft = run_grid.build_run_config(dcrouter_grid, jobs[0], tmp_path)
