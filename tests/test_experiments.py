@@ -76,6 +76,10 @@ def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
     assert run_grid.sweep_weight("recal", None) is None and run_grid.sweep_weight("recal", 2) == 2.0
 
 
+# grid -> the grid whose shared SFT warm starts it reuses (run_grid refuses a changed SFT config)
+SHARES_SFT_WITH = {"dcrouter_cost": "dcrouter", "dcrouter_ext": "dcrouter", "synthetic_cost": "synthetic"}
+
+
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # dcrouter: 9 + 2 extension presets x 3 seeds. dcrouter_cost: 4 presets x 4 route weights x
     # 3 seeds; the 12 at each preset's own route weight (0.25; router_r1's: 0) are the dcrouter
@@ -97,18 +101,17 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
         assert config.sft.steps == 0 and config.eval.after_sft
         sft = run_grid.build_run_config(grid, jobs[0], tmp_path)
         assert sft.sft.steps > 0 and sft.grpo.steps == 0 and not sft.eval.after_sft
+        if name in SHARES_SFT_WITH:  # same size block as the plain grid, so its SFT starts are shared
+            plain_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs"
+                                                   / f"{SHARES_SFT_WITH[name]}.py")
+            plain_sft = run_grid.build_run_config(plain_grid, jobs[0], tmp_path)
+            assert sft.to_json(sort_keys=True) == plain_sft.to_json(sort_keys=True), name
         if name in ("dcrouter_cost", "synthetic_cost"):  # the points at the presets' own route weight
-            suite = name.split("_")[0]  # are the plain runs of the suite's grid, with the same SFT starts
-            plain_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{suite}.py")
+            suite = SHARES_SFT_WITH[name]  # are the plain grid's runs
             plain = {r.key for r in run_grid.expand_grid(plain_grid)}
             assert len({r.key for r in runs} & plain) == 12
             assert f"{suite}/router_r1-s0" in plain and f"{suite}/router_r1-rw0.25-s0" in {r.key for r in runs}
-            plain_sft = run_grid.build_run_config(plain_grid, jobs[0], tmp_path)
-            assert sft.to_json(sort_keys=True) == plain_sft.to_json(sort_keys=True)
-        if name == "dcrouter_ext":  # the same sizes as dcrouter, so its SFT starts are shared
-            dcrouter_grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / "dcrouter.py")
-            dcrouter_sft = run_grid.build_run_config(dcrouter_grid, jobs[0], tmp_path)
-            assert sft.to_json(sort_keys=True) == dcrouter_sft.to_json(sort_keys=True)
+        if name == "dcrouter_ext":
             assert {r.preset for r in runs} == {"recal_group_gate", "recal_ema"}
         if name == "dcrouter":  # the rerun: >= 100 GRPO steps, greedy evaluation
             assert config.grpo.steps >= 100 and config.eval.greedy and len({r.preset for r in runs}) == 11
