@@ -1,8 +1,8 @@
 """Train and evaluate a router: `python -m launch.main [--config=launch/configs/X.py] [--config.a.b=v]`.
 
 With no flags it runs the quickstart on the embedded synthetic suite (no data, no network).
-A config that cannot work (launch's config checks) or bad input data is reported as one
-line on stderr, `error: ...` naming the flag or the file and line, with exit status 2.
+A config that cannot work, a bad flag, or bad input data is reported as one line on stderr,
+`error: ...` naming the flag or the file and line, with exit status 2.
 """
 
 import os
@@ -15,48 +15,87 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).parent / "configs" / "quickstart.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<config>-<preset>-<time>).")
+_WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<suite>-<preset>-<time>).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an earlier run's outputs in --workdir and start afresh.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Hide the progress bars.")
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", str(pathlib.Path.home() / ".cache" / "recal_jax" / "jax_compilation_cache"),
+    "JAX's persistent compilation cache directory ('' turns it off): a second run of the same "
+    "shapes skips XLA compiles.")
 
 USAGE_ERROR = 2  # exit status of a config or data error
 
 
-def _print_summary(summary: dict, workdir: str) -> None:
-    print(f"\nRun directory: {workdir}")
-    if "stopped_at_step" in summary:
-        print(f"Stopped after GRPO step {summary['stopped_at_step']} (grpo.stop_at_step); "
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag (an unknown config key, a missing or broken config
+    file, a value of the wrong type) reported as one line and exit status 2."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(e)
+    except Exception as e:  # a config file that does not import or a get_config() that raises
+        fail(f"--config: {type(e).__name__}: {e}")
+
+
+def enable_compile_cache(path: str) -> None:
+    """JAX's persistent compilation cache in `path` (every compile cached, however short)."""
+    if not path:
+        return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def print_result(result) -> None:
+    from recal_jax.evaluation.evaluate import results_table, route_summary
+    from recal_jax.training.timings import format_breakdown
+
+    print(f"\nRun directory: {result.workdir}")
+    if not result.finished:
+        print(f"Stopped after GRPO step {result.stopped_at_step} (grpo.stop_at_step); "
               "run the same command again to resume.")
         return
-    t = summary["timings"]
-    if "table_sft" in summary:
-        print("\nTest split, after the SFT warm start (before GRPO):\n" + summary["table_sft"])
-    print(f"\nTest split, after {summary['grpo_steps']} GRPO steps ({summary['preset']}):\n" + summary["table"])
-    print("\nRouting of the trained policy per dataset:\n" + summary["routes"])
-    print(f"\nWall time: {t['total_seconds']:.0f} s "
-          f"(SFT {t.get('sft_seconds', 0):.0f} s, final evaluation {t['eval_seconds']:.0f} s)")
+    if result.sft_policy is not None:
+        print("\nTest split, after the SFT warm start (before GRPO):\n"
+              + results_table(result.sft_policy, result.references, result.datasets, "policy after SFT"))
+    print(f"\nTest split, after {result.grpo_steps} GRPO steps ({result.preset}):\n"
+          + results_table(result.policy, result.references, result.datasets, f"policy ({result.preset})"))
+    print("\nRouting of the trained policy per dataset:\n" + route_summary(result.policy))
+    print("\n" + format_breakdown(result.timings))
 
 
 def main(argv):
     del argv
     from recal_jax.data.schema import DataError
-    from recal_jax.training.config_checks import ConfigError, validate_config
+    from recal_jax.training.run_config import ConfigError, parse_config
 
     config = _CONFIG.value
     try:
-        validate_config(config)
         from recal_jax.training.distributed import maybe_initialize_distributed
-        from recal_jax.training.pipeline import train_and_evaluate
 
         maybe_initialize_distributed()
+        cfg = parse_config(config)
+        enable_compile_cache(_COMPILE_CACHE.value)
+        from recal_jax.training.pipeline import train_and_evaluate
+
         workdir = _WORKDIR.value or os.path.join(
-            "runs", f"{config.suite}-{config.calibration.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
-        summary = train_and_evaluate(config, workdir, progress=not _NO_PROGRESS.value)
+            "runs", f"{cfg.run.suite}-{cfg.calibration.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        result = train_and_evaluate(cfg, workdir, progress=not _NO_PROGRESS.value, overwrite=_OVERWRITE.value)
     except (ConfigError, DataError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(USAGE_ERROR)
-    _print_summary(summary, workdir)
+        fail(e)
+    except MemoryError:
+        fail("out of memory: lower grpo.instances_per_step x grpo.group_size, eval.batch_size or the model size")
+    print_result(result)
 
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -26,3 +26,10 @@ def round_up(x: int, multiple: int) -> int:
 def pad_count(x: int, multiple: int) -> int:
     """How many items to add to x items to reach round_up(x, multiple)."""
     return round_up(x, multiple) - int(x)
+
+
+# The bucket sizes of a run, in one place (changing one changes the compiled shapes, so
+# the numbers of a run; tests pin them through the pipeline pin).
+SEQ_LEN_BUCKET = 16  # rollout sequence length T and SFT demonstration length
+PROMPT_BUCKET = 64  # prompt widths of a generation round (capped at T)
+TRAIN_LENGTH_BUCKET = 32  # the train step's width: the used prefix of a GRPO batch's rollouts

@@ -256,7 +256,7 @@ def test_missing_logp_old_is_the_on_policy_ratio_one_step():
 def test_train_batch_drops_old_logprobs_for_one_update():
     from types import SimpleNamespace
 
-    from recal_jax.training.grpo import GRPOIteration
+    from recal_jax.training.iteration import GRPOIteration
 
     rng = np.random.default_rng(0)
     rollout = SimpleNamespace(

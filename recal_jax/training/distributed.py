@@ -5,7 +5,7 @@ a JAX device. With several processes each one loads its own slice of every batch
 [p * B / P, (p + 1) * B / P) for process p of P) and `host_local_batch_to_global` assembles
 the global, row-sharded arrays that the train step takes.
 
-Multi-host GRPO (recal_jax.training.grpo) rolls out a slice of each step's records per
+Multi-host GRPO (recal_jax.training.iteration) rolls out a slice of each step's records per
 process (`process_rows`), gathers the per-row reward arrays (`allgather_rows`) so that every
 process calibrates the same global batch, and samples from process-local copies of the
 policy's parameters (`process_local`). The gathering functions are collectives: every

@@ -1,188 +1,62 @@
-"""One GRPO iteration with ReCal: roll out, score, calibrate, update (mu times)."""
+"""Stage 3, GRPO with ReCal: `train` holds the loop (batches, iterations, logging, periodic
+evaluation and checkpoints); one iteration is recal_jax.training.iteration.GRPOIteration."""
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from typing import Any, Callable, Sequence
+import itertools
+from typing import TYPE_CHECKING, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from tqdm.auto import tqdm
 
-from recal_jax.calibration import COMPONENTS, CalibrationConfig, calibrate
-from recal_jax.data.schema import RoutingRecord
-from recal_jax.rollout.engine import RolloutBatch
-from recal_jax.routing.rewards import RewardBatch
-from recal_jax.rollout.runner import RolloutRunner, dataset_ids
-from recal_jax.rollout.sampler import SamplingOptions
-from recal_jax.shapes import round_up
-from recal_jax.training.distributed import (
-    allgather_rows, global_max, host_local_batch_to_global, process_local, process_rows,
-)
+from recal_jax.data import stratified_batches
+from recal_jax.evaluation.run_dir import RunDir
+from recal_jax.training import components
+from recal_jax.training.checkpoint import Checkpointer
+from recal_jax.training.run_config import GrpoSection
 from recal_jax.training.train_state import TrainState
+from recal_jax.training.train_step import make_train_step
 
-calibrate_jit = jax.jit(calibrate, static_argnames=("config",))
-
-
-@dataclasses.dataclass(kw_only=True)
-class GRPOIteration:
-    """Callable (state, records) -> (state, metrics). Holds the jitted pieces of a run;
-    built with keywords (recal_jax.training.components.grpo_iteration builds it from a config)."""
-
-    runner: RolloutRunner
-    calibration: CalibrationConfig
-    train_step: Callable  # (state, batch) -> (state, metrics)
-    logprobs_fn: Callable  # (params, tokens_bt, attention_mask_bt) -> (logp_bt, entropy_bt)
-    group_size: int
-    updates_per_batch: int = 1
-    recompute_old_logprobs: bool = True
-    sampling: SamplingOptions = SamplingOptions()
-    length_bucket: int = 32
-    mesh: Mesh | None = None  # the train step's mesh: needed with several processes (see _call_multi_process)
-
-    def __call__(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
-        if jax.process_count() > 1:
-            return self._call_multi_process(state, records)
-        t0 = time.perf_counter()
-        state, key = state.next_rng()
-        rollout, rewards = self.runner.run(state.params, records, self.group_size, key, sampling=self.sampling)
-        t_rollout = time.perf_counter() - t0
-        ids_u = dataset_ids(self.runner.scorer.log, records)
-        adv_ug, calib_state, diag = self._calibrate(rewards, ids_u, state.calib_state)
-        batch = self.train_batch(state, rollout, np.asarray(adv_ug).reshape(-1))
-        state, step_metrics = self._update(state, batch, calib_state)
-        elapsed = time.perf_counter() - t0
-        metrics = self._metrics(rollout, rewards, ids_u, diag, step_metrics, seconds=elapsed, rollout_seconds=t_rollout,
-                                n_tokens=float(rollout.attention_mask_bt.sum()))
-        return state, metrics
-
-    def _call_multi_process(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
-        """Process p of P rolls out records[p*U/P:(p+1)*U/P] (U divisible by P) with the key
-        fold_in(key, p), from process-local copies of the params (distributed.process_local:
-        the process's own buffers when it holds the whole value, else gathered). The per-row
-        reward arrays are all-gathered, so every process runs the same calibrate on the global
-        U x G batch (identical calib_state everywhere) and keeps its own rows of the
-        advantages; the train batch (the same width on every process) becomes one global
-        batch over `mesh`. Reward metrics are over the global batch; perf seconds are this
-        process's."""
-        if self.mesh is None:
-            raise ValueError(f"GRPOIteration with {jax.process_count()} processes needs mesh= (the train "
-                             "step's mesh) to assemble the global batch")
-        t0 = time.perf_counter()
-        p, n = jax.process_index(), jax.process_count()
-        mine = process_rows(records, p, n, name="instances_per_step (records per GRPO step)")
-        state, key = state.next_rng()
-        params = process_local(state.params)
-        rollout, rewards = self.runner.run(params, mine, self.group_size, jax.random.fold_in(process_local(key), p),
-                                           sampling=self.sampling)
-        t_rollout = time.perf_counter() - t0
-        ids_u = dataset_ids(self.runner.scorer.log, records)  # the records are the same on every process
-        rows = allgather_rows({**{f.name: getattr(rewards, f.name) for f in dataclasses.fields(RewardBatch)},
-                               "tokens_b": rollout.attention_mask_bt.sum(1),
-                               "completion_tokens_b": rollout.loss_mask_bt.sum(1)})
-        rewards = RewardBatch(**{f.name: rows[f.name] for f in dataclasses.fields(RewardBatch)})
-        # calib_state from the host: calibrate's outputs stay uncommitted, which the train step
-        # may place on the global mesh (a committed process-local array it may not)
-        adv_ug, calib_state, diag = self._calibrate(rewards, ids_u, jax.device_get(state.calib_state))
-        width = min(round_up(int(rows["tokens_b"].max()), self.length_bucket), global_max(rollout.tokens_bt.shape[1]))
-        batch = self.train_batch(state, rollout, process_rows(np.asarray(adv_ug), p, n).reshape(-1),
-                                 width=width, params=params)
-        state, step_metrics = self._update(state, host_local_batch_to_global(batch, self.mesh), calib_state)
-        metrics = self._metrics(rollout, rewards, ids_u, diag, step_metrics, n_tokens=float(rows["tokens_b"].sum()),
-                                seconds=time.perf_counter() - t0, rollout_seconds=t_rollout)
-        metrics["completion_tokens"] = float(rows["completion_tokens_b"].mean())
-        return state, metrics
-
-    def _calibrate(self, rewards: RewardBatch, ids_u: np.ndarray, calib_state):
-        """calibrate (jitted) on the environment's report: (advantages f32[U, G], new state, diagnostics).
-        Route and balance (and their state) are calibration's: it gets the raw facts."""
-        return calibrate_jit(
-            rewards.stateless_ugk, rewards.format_ok_ug, rewards.valid_ug, ids_u,
-            config=self.calibration, state=calib_state,
-            call_counts_ugm=rewards.call_counts_ugm.astype(np.float32), cost_ug=rewards.cost_ug,
-        )
-
-    def _update(self, state: TrainState, batch: dict, calib_state) -> tuple[TrainState, dict]:
-        """`updates_per_batch` train steps on `batch`, then the new calibration state and data position."""
-        step_metrics = {}
-        for _ in range(self.updates_per_batch):
-            state, step_metrics = self.train_step(state, batch)
-        state = state.replace(calib_state=calib_state, data_position=state.data_position + 1)
-        return state, step_metrics
-
-    def _metrics(self, rollout: RolloutBatch, rewards: RewardBatch, ids_u: np.ndarray, diag, step_metrics, *,
-                 n_tokens: float, seconds: float, rollout_seconds: float) -> dict[str, Any]:
-        diag = jax.device_get(diag)
-        reward_mean_k = diag.pop("reward_mean_k")  # logged as reward/<component>
-        metrics = rollout_metrics(rollout, rewards, reward_mean_k, self.runner.scorer.log.datasets, ids_u)
-        metrics.update({f"loss/{k}": v for k, v in jax.device_get(step_metrics).items()})
-        metrics["calibration"] = diag
-        metrics["perf"] = {"seconds": seconds, "rollout_seconds": rollout_seconds,
-                           "tokens_per_second": n_tokens / max(seconds, 1e-9)}
-        return metrics
-
-    def train_batch(self, state: TrainState, rollout: RolloutBatch, advantages_b: np.ndarray, *,
-                    width: int | None = None, params=None) -> dict:
-        """The train step's batch: the used prefix of the rollouts (rounded up to a multiple of
-        `length_bucket` so that few shapes get compiled), or `width` columns when given (padded
-        with masked pad tokens where the rollouts are narrower: the multi-process batch).
-
-        Behaviour log-probs with `recompute_old_logprobs` (the sampler's decode path rounds
-        differently from the training forward): with one update per batch the batch carries
-        no logp_old_bt and the step uses stop_gradient of its own forward (ratio exactly 1,
-        no extra forward pass); with several updates they are recomputed here once, before
-        the first update, under `params` (default state.params). Without it, the sampler's
-        log-probs are used.
-        """
-        if width is None:
-            used = int(rollout.attention_mask_bt.sum(1).max())
-            width = min(round_up(used, self.length_bucket), rollout.tokens_bt.shape[1])
-        t = width
-        pad_id = self.runner.engine.pad_id if t > rollout.tokens_bt.shape[1] else 0  # only read when padding
-        batch = {
-            "tokens_bt": _columns(rollout.tokens_bt, t, pad_id),
-            "attention_mask_bt": _columns(rollout.attention_mask_bt, t),
-            "loss_mask_bt": _columns(rollout.loss_mask_bt, t),
-            "logp_old_bt": _columns(rollout.logp_old_bt, t),
-            "advantages_b": advantages_b.astype(np.float32),
-        }
-        if self.recompute_old_logprobs and self.updates_per_batch == 1:
-            del batch["logp_old_bt"]
-        elif self.recompute_old_logprobs:
-            logp, _ = self.logprobs_fn(state.params if params is None else params, jnp.asarray(batch["tokens_bt"]),
-                                       jnp.asarray(batch["attention_mask_bt"]))
-            batch["logp_old_bt"] = np.asarray(logp) * batch["loss_mask_bt"]
-        return batch
+if TYPE_CHECKING:
+    from recal_jax.training.setup import Run
 
 
-def _columns(x_bt: np.ndarray, width: int, fill=0) -> np.ndarray:
-    """x_bt[:, :width], padded on the right with `fill` up to `width` columns if narrower."""
-    x_bt = x_bt[:, :width]
-    if x_bt.shape[1] < width:
-        x_bt = np.pad(x_bt, ((0, 0), (0, width - x_bt.shape[1])), constant_values=fill)
-    return x_bt
-
-
-def rollout_metrics(rollout: RolloutBatch, rewards: RewardBatch, reward_mean_k, datasets: Sequence[str],
-                    ids_u: np.ndarray) -> dict[str, Any]:
-    """Reward per component (reward_mean_k f32[K]: calibrate's diagnostics, where route and
-    balance are computed) and accuracy per dataset, format-valid rate, call stats, cost."""
-    valid = rewards.valid_ug
-    n_valid = max(int(valid.sum()), 1)
-    metrics: dict[str, Any] = {
-        "reward": {name: float(reward_mean_k[k]) for k, name in enumerate(COMPONENTS)},
-        "format_valid": float((rewards.format_ok_ug & valid).sum() / n_valid),
-        "calls_per_rollout": float(rewards.call_counts_ugm.sum() / n_valid),
-        "cost_per_rollout": float((rewards.cost_ug * valid).sum() / n_valid),
-        "cost_total": float((rewards.cost_ug * valid).sum()),
-        "completion_tokens": float(rollout.loss_mask_bt.sum() / max(len(rollout.completion_texts), 1)),
-    }
-    accuracy = {}
-    for d, name in enumerate(datasets):
-        sel = (ids_u == d)[:, None] & valid
-        if sel.any():
-            accuracy[name] = float(rewards.answer_ug[sel].mean())
-    metrics["accuracy"] = accuracy
-    return metrics
+def train(run: "Run", state: TrainState, grpo: GrpoSection, *, optimizer, ckpt: Checkpointer, run_dir: RunDir,
+          evaluate: Callable[[object, object], dict], progress: bool = True) -> TrainState:
+    """GRPO steps from state.data_position up to grpo.steps (or grpo.stop_at_step), on the same
+    stratified batches in order (an exact resume); checkpoints at the end (and every
+    checkpoint.every steps). `evaluate(params, key)` is the periodic evaluation (eval.every)."""
+    cfg, timer = run.cfg, run.timer
+    train_step = make_train_step(state.graphdef, optimizer, loss_config=components.loss_config(grpo),
+                                 mesh=run.mesh, num_microbatches=grpo.microbatches)
+    iteration = components.grpo_iteration(grpo, runner=run.train_runner, calibration=run.calibration,
+                                          train_step=train_step, logprobs=components.logprobs_fn(state.graphdef),
+                                          mesh=run.mesh)
+    start = int(state.data_position)
+    batches = stratified_batches(run.suite.train, grpo.instances_per_step, np.random.default_rng(cfg.run.seed))
+    batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
+    stop = min(grpo.steps, grpo.stop_at_step) if grpo.stop_at_step else grpo.steps
+    bar = tqdm(range(start, stop), desc="grpo", disable=not progress, initial=start, total=grpo.steps)
+    cost_so_far = sum(r.get("cost_total", 0.0) for r in run_dir.read_metrics("train"))
+    for step in bar:
+        with timer.phase("grpo_update"):
+            state, metrics = iteration(state, next(batches))
+            timer.add("grpo_rollout", metrics["perf"]["rollout_seconds"])
+        cost_so_far += metrics["cost_total"]
+        metrics["cost_so_far"] = cost_so_far
+        if step % cfg.run.log_every == 0 or step == grpo.steps - 1:
+            run_dir.log(step, metrics, phase="train")
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < grpo.steps:
+            with timer.phase("eval_during_grpo"):
+                run_dir.log(step, {"eval": evaluate(state.params, jax.random.key(step))}, phase="eval")
+        if cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0:
+            with timer.phase("checkpoint"):
+                ckpt.save(state)
+        bar.set_postfix(reward=f"{metrics['reward']['answer']:.2f}", fmt=f"{metrics['format_valid']:.2f}",
+                        cost=f"{metrics['cost_per_rollout']:.2g}",
+                        sps=f"{1.0 / max(metrics['perf']['seconds'], 1e-9):.2f}")
+    with timer.phase("checkpoint"):
+        ckpt.save(state)
+        ckpt.wait()
+    return state

@@ -1,11 +1,12 @@
-"""SFT warm start: teacher-forced training on protocol demonstrations, for a fixed number of
-steps or until a held-out criterion is met."""
+"""Stage 2, the SFT warm start: teacher-forced training on protocol demonstrations, for a
+fixed number of steps or until a held-out criterion is met. `warm_start` holds all of it."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+import logging
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,19 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from recal_jax.training.sft_data import Demonstration, pack_demonstrations
+from recal_jax.routing.pools import call_many_sync
+from recal_jax.shapes import SEQ_LEN_BUCKET, round_up
+from recal_jax.training.components import sft_optim_config
+from recal_jax.training.optim import make_optimizer
+from recal_jax.training.run_config import SftSection
+from recal_jax.training.sft_data import Demonstration, build_demonstrations, pack_demonstrations
 from recal_jax.training.train_state import TrainState
+from recal_jax.training.train_step import make_sft_step
+
+if TYPE_CHECKING:
+    from recal_jax.training.setup import Run
+
+log = logging.getLogger(__name__)
 
 TRAIN_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
 
@@ -113,3 +125,64 @@ def split_heldout(demos: Sequence[Demonstration], questions: dict[str, str], num
     held = {distinct[i] for i in rng.choice(len(distinct), size=num_questions, replace=False)}
     train = [d for d in demos if questions[d.record_id] not in held]
     return train, [d for d in demos if questions[d.record_id] in held]
+
+
+def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict], None] | None = None,
+               progress: bool = True) -> tuple[TrainState, dict]:
+    """SFT on the suite's demonstrations -> (the SFT TrainState, info): info["steps"] = updates
+    made, "heldout_copy_accuracy" with sft.until_copy_accuracy, "notes" = the sizes adapted
+    to a small log. No steps: the policy as built."""
+    sft_opt = make_optimizer(sft_optim_config(sft))
+    state = TrainState.create(run.model, sft_opt, rng=key)
+    if sft.steps <= 0:
+        return state, {"steps": 0}
+    demos = demonstrations(run, sft)
+    notes: list[str] = []
+    until = None
+    if sft.until_copy_accuracy:
+        demos, until, note = _held_out(run, sft, demos)
+        notes += [note] if note else []
+    batch_size = sft.batch_size
+    if batch_size > len(demos):  # a small log: every demonstration in each batch
+        batch_size = len(demos)
+        notes.append(f"sft.batch_size={sft.batch_size} exceeds the {len(demos)} demonstrations of this log; "
+                     f"using {batch_size}")
+    for note in notes:
+        log.warning("SFT: %s", note)
+    step = make_sft_step(state.graphdef, sft_opt, mesh=run.mesh)
+    demo_len = round_up(max(len(d.token_ids) for d in demos), SEQ_LEN_BUCKET)
+    state, info = run_sft(state, step, demos, steps=sft.steps, batch_size=batch_size,
+                          seq_len=min(demo_len, run.seq_len), pad_id=run.tokenizer.pad_id, seed=run.cfg.run.seed,
+                          log_fn=log_fn, progress=progress, until=until)
+    log.warning("SFT: %d steps%s", info["steps"], "" if until is None else
+                f", held-out answer-copy accuracy {info.get('heldout_copy_accuracy', float('nan')):.3f}")
+    return state, {**info, **({"notes": notes} if notes else {})}
+
+
+def demonstrations(run: "Run", sft: SftSection) -> list[Demonstration]:
+    """The demonstrations of the train split (sft_data.build_demonstrations with sft's options),
+    replies taken from the run's own train pool."""
+    runner = run.train_runner
+    pool = runner.engine.pool
+    reply = lambda model, query, record: call_many_sync(pool, [(model, query, record)])[0].text  # noqa: E731
+    return build_demonstrations(
+        run.suite.train, run.tokenizer.encode, runner.prompt_ids, reply, runner.engine.information_ids,
+        rule=sft.routing, best_prob=sft.best_prob, query_style=sft.query_style, reply_swap=sft.reply_swap,
+        answer_weight=sft.answer_weight, think=sft.think, seed=run.cfg.run.seed,
+    )
+
+
+def _held_out(run: "Run", sft: SftSection, demos: list[Demonstration]):
+    """(training demonstrations, HeldOutCriterion, note or ''): the demonstrations of
+    sft.heldout_questions questions are held out to decide when to stop (at most a quarter
+    of the distinct questions on a small log)."""
+    questions = {r.id: r.question for r in run.suite.train.records}
+    distinct = len({questions[d.record_id] for d in demos})
+    n_held, note = sft.heldout_questions, ""
+    if n_held > distinct // 4:
+        n_held = max(distinct // 4, 1)
+        note = (f"sft.heldout_questions={sft.heldout_questions} is more than a quarter of the {distinct} distinct "
+                f"training questions; holding out {n_held}")
+    train, heldout = split_heldout(demos, questions, n_held, run.cfg.run.seed)
+    return train, HeldOutCriterion(heldout, target=sft.until_copy_accuracy, every=sft.check_every,
+                                   min_steps=sft.min_steps), note
