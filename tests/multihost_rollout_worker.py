@@ -32,12 +32,13 @@ def tiny_config():
 
 def build_run(workdir, policy_dir=None):
     """The run of `tiny_config` (a random policy, or the one exported to `policy_dir`)."""
-    from recal_jax.training.pipeline import build
+    from recal_jax.training.run_config import parse_config
+    from recal_jax.training.setup import set_up
 
     config = tiny_config()
     if policy_dir is not None:
         config.model.pretrained_path = str(policy_dir)
-    return build(config, workdir)
+    return set_up(parse_config(config))
 
 
 def export_policy(run, policy_dir) -> None:
@@ -46,11 +47,11 @@ def export_policy(run, policy_dir) -> None:
     import jax
 
     from recal_jax.models import save_pretrained
-    from recal_jax.training import pipeline
+    from recal_jax.training import sft
     from recal_jax.training.mesh import make_mesh
 
     one_device = dataclasses.replace(run, mesh=make_mesh(data=1, devices=jax.devices()[:1]))
-    state, _ = pipeline._sft_warm_start(one_device, jax.random.key(3), progress=False)
+    state, _ = sft.warm_start(one_device, run.cfg.sft, jax.random.key(3), progress=False)
     save_pretrained(state.model(), policy_dir, run.model_config)
     run.tokenizer.save(policy_dir)
 
@@ -65,12 +66,12 @@ def grpo_parts(run, mesh):
     from recal_jax.training.train_state import TrainState
     from recal_jax.training.train_step import make_train_step
 
-    c = run.config
-    optimizer = make_optimizer(components.grpo_optim_config(c))
+    c = run.cfg
+    optimizer = make_optimizer(components.grpo_optim_config(c.grpo))
     state = TrainState.create(run.model, optimizer, rng=jax.random.key(1), with_reference=c.grpo.kl_coef > 0,
                               calib_state=init_state(run.calibration, len(run.suite.train.model_names)))
-    step = make_train_step(state.graphdef, optimizer, loss_config=components.loss_config(c), mesh=mesh)
-    iteration = components.grpo_iteration(c, runner=run.train_runner, calibration=run.calibration,
+    step = make_train_step(state.graphdef, optimizer, loss_config=components.loss_config(c.grpo), mesh=mesh)
+    iteration = components.grpo_iteration(c.grpo, runner=run.train_runner, calibration=run.calibration,
                                           train_step=step, logprobs=components.logprobs_fn(state.graphdef),
                                           mesh=mesh)
     return state, iteration

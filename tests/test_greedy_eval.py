@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from launch.configs import quickstart, synthetic_multi_turn
-from recal_jax.evaluation.evaluate import evaluate_policy
 from recal_jax.rollout.sampler import GREEDY, SamplingOptions
 from recal_jax.training.components import eval_sampling, train_sampling
-from recal_jax.training.pipeline import build
+from recal_jax.training.evaluation import evaluate
+from recal_jax.training.run_config import parse_config
+from recal_jax.training.setup import set_up
 
 
 def _tiny_config(protocol="single_call"):
@@ -26,8 +27,8 @@ def _tiny_config(protocol="single_call"):
 
 
 @pytest.fixture(scope="module", params=["single_call", "multi_turn"])
-def built(request, tmp_path_factory):
-    run = build(_tiny_config(request.param), tmp_path_factory.mktemp(f"greedy-{request.param}"))
+def built(request):
+    run = set_up(parse_config(_tiny_config(request.param)))
     from flax import nnx
 
     return run, nnx.state(run.model)
@@ -58,20 +59,20 @@ def test_temperature_one_rollouts_depend_on_the_key(built):
 
 def test_greedy_evaluation_is_identical_under_two_keys(built):
     run, params = built
-    results = [evaluate_policy(run.test_runner, params, run.suite.test, jax.random.key(seed),
-                               batch_size=run.config.eval.batch_size, sampling=eval_sampling(run.config))
-               for seed in (1, 2)]
+    results = [evaluate(run, params, jax.random.key(seed)) for seed in (1, 2)]
     assert results[0] == results[1]
     assert results[0]["greedy"] is True
 
 
 def test_eval_sampling_follows_the_config():
     c = _tiny_config()
-    assert eval_sampling(c) == GREEDY
+    cfg = parse_config(c)
+    assert eval_sampling(cfg.eval, cfg.grpo) == GREEDY
     c.eval.greedy = False
     c.grpo.temperature, c.grpo.top_p = 0.7, 0.9
-    assert eval_sampling(c) == SamplingOptions(temperature=0.7, top_p=0.9) == train_sampling(c)
-    assert not eval_sampling(c).greedy
+    cfg = parse_config(c)
+    assert eval_sampling(cfg.eval, cfg.grpo) == SamplingOptions(temperature=0.7, top_p=0.9) == train_sampling(cfg.grpo)
+    assert not eval_sampling(cfg.eval, cfg.grpo).greedy
 
 
 @pytest.mark.parametrize("kwargs,match", [(dict(temperature=0.0), "temperature"),

@@ -11,6 +11,7 @@ from launch.configs import jsonl as jsonl_config
 from recal_jax.data import DataError, load_jsonl_dir
 from recal_jax.evaluation.reference_routers import reference_routers
 from recal_jax.training import builders
+from recal_jax.training.run_config import ConfigError, parse_config
 
 POOL = {
     "small": {"price_in": 0.1, "price_out": 0.2, "description": "7B instruct model, cheap and fast"},
@@ -62,7 +63,7 @@ def config_for(root, **overrides):
 
 def test_score_only_log_is_single_call_scored_by_the_log(tmp_path):
     c = config_for(write_log_dir(tmp_path))
-    suite = builders.load_suite(c)
+    suite = builders.load_suite(parse_config(c))
     assert suite.train.protocol == suite.test.protocol == "single_call"
     assert builders.resolve_answer_metric(c.reward.answer_metric, suite.train) == "score"
     assert suite.train.datasets == suite.test.datasets == ("math", "trivia")
@@ -73,7 +74,7 @@ def test_score_only_log_is_single_call_scored_by_the_log(tmp_path):
 
 
 def test_reference_routers_by_hand(tmp_path):
-    test = builders.load_suite(config_for(write_log_dir(tmp_path))).test
+    test = builders.load_suite(parse_config(config_for(write_log_dir(tmp_path)))).test
     refs = reference_routers(test)
     # test scores (small, mid, large): m6 (1,1,1), m7 (0,1,1), t6 (0,0,1), t7 (1,1,0)
     assert refs["single:small"].accuracy == 0.5
@@ -87,11 +88,11 @@ def test_reference_routers_by_hand(tmp_path):
 
 def test_gold_answers_mean_multi_turn_and_em(tmp_path):
     c = config_for(write_log_dir(tmp_path, train=with_golds(TRAIN), test=with_golds(TEST)))
-    suite = builders.load_suite(c)
+    suite = builders.load_suite(parse_config(c))
     assert suite.train.protocol == "multi_turn"
     assert builders.resolve_answer_metric(c.reward.answer_metric, suite.train) == "em"
     c = config_for(tmp_path, protocol="single_call")
-    suite = builders.load_suite(c)
+    suite = builders.load_suite(parse_config(c))
     assert suite.test.protocol == "single_call"
     assert builders.resolve_answer_metric(c.reward.answer_metric, suite.test) == "score"
 
@@ -106,11 +107,12 @@ def test_header_protocol_and_pool(tmp_path):
 def test_multi_turn_needs_gold_answers(tmp_path):
     root = write_log_dir(tmp_path)
     with pytest.raises(DataError, match="no golden_answers, which the multi_turn protocol needs") as err:
-        builders.load_suite(config_for(root, protocol="multi_turn"))
+        builders.load_suite(parse_config(config_for(root, protocol="multi_turn")))
     assert str(err.value).startswith(f"{root / 'train.jsonl'}:1:")
+    suite = builders.load_suite(parse_config(config_for(write_log_dir(tmp_path, train=with_golds(TRAIN),
+                                                                      test=with_golds(TEST)))))
     with pytest.raises(ValueError, match="'score' needs the single_call protocol"):
-        builders.load_suite(config_for(write_log_dir(tmp_path, train=with_golds(TRAIN), test=with_golds(TEST)),
-                                       **{"reward.answer_metric": "score"}))
+        builders.resolve_answer_metric("score", suite.train)
 
 
 @pytest.mark.parametrize(
@@ -147,8 +149,8 @@ def test_parquet_split_read_through_datasets(tmp_path):
 
 
 def test_negative_caps_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="--config.max_test_instances=-1"):
-        builders.load_suite(config_for(write_log_dir(tmp_path), max_test_instances=-1))
+    with pytest.raises(ConfigError, match="--config.max_test_instances=-1"):
+        parse_config(config_for(write_log_dir(tmp_path), max_test_instances=-1))
 
 
 class CharTokenizer:
@@ -169,16 +171,16 @@ def test_long_questions_are_truncated_and_counted(tmp_path, caplog):
     huge = "x" * 5_000_000 + " the ask?"
     train = TRAIN.replace("Who wrote Hamlet?", huge)
     c = config_for(write_log_dir(tmp_path, train=train), **{"tokenizer.max_question_tokens": 40})
-    suite = builders.load_suite(c)
+    suite = builders.load_suite(parse_config(c))
     tok = CharTokenizer()
     with caplog.at_level(logging.WARNING):
-        prompts = builders.prompt_builder(c, suite.train, tok)
+        prompts = builders.prompt_builder(parse_config(c), suite.train, tok)
     assert prompts.truncated == {"t1"}
     assert "1 of 10 questions were longer than tokenizer.max_question_tokens=40" in caplog.text
     t1 = next(r for r in suite.train.records if r.id == "t1")
     assert "".join(map(chr, prompts(t1))).endswith("x" * 31 + " the ask?\n")  # the last 40 characters
     assert max(tok.encoded_lengths) < 10_000  # the 5 MB question was never tokenised whole
-    assert len(builders.prompt_builder(config_for(tmp_path, **{"tokenizer.max_question_tokens": 0}),
+    assert len(builders.prompt_builder(parse_config(config_for(tmp_path, **{"tokenizer.max_question_tokens": 0})),
                                        suite.train, CharTokenizer()).truncated) == 0
 
 
@@ -203,12 +205,12 @@ def test_whole_run_on_a_jsonl_log_exports_its_rollouts(tmp_path):
     long_question = "Tell me, after a long preamble: " + "blah " * 200 + "who painted The Night Watch?"
     root = write_log_dir(tmp_path / "log", train=TRAIN.replace("Who painted The Night Watch?", long_question),
                          test=TEST.replace("Who discovered penicillin?", long_question))
-    summary = train_and_evaluate(tiny_run_config(root), tmp_path / "run", progress=False)
+    result = train_and_evaluate(tiny_run_config(root), tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["truncated_questions"] == {"train": 1, "test": 1}
     assert {"random", "best_single", "oracle", "cheapest_correct", "single:small", "single:mid",
             "single:large"} <= set(saved["references"])
-    assert saved["sft_policy"]["greedy"] is True and "policy (recal)" in summary["table"]
+    assert saved["sft_policy"]["greedy"] is True and result.policy == saved["policy"]
     ds = datasets.load_from_disk(str(tmp_path / "run" / "eval_rollouts"))
     assert ds.num_rows == 4 and ds["id"] == ["m6", "m7", "t6", "t7"]
     assert {"question", "routed_models", "replies", "completion", "answer", "reward_format", "reward_answer",

@@ -1,6 +1,7 @@
 """Config and data errors: each names its flag (or file and line); the launcher prints it as
 one line on stderr, with no traceback, and exits with status 2."""
 
+import json
 import math
 import os
 import pathlib
@@ -10,17 +11,30 @@ import sys
 import pytest
 
 from launch.configs import dcrouter, jsonl, nq_pool6, qa7_live, quickstart, synthetic, synthetic_multi_turn
-from recal_jax.training.config_checks import ConfigError, validate_config
+from recal_jax.training.run_config import ConfigError, RunConfig, parse_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", [quickstart, synthetic, synthetic_multi_turn, dcrouter, nq_pool6, qa7_live])
-def test_shipped_configs_are_valid(module, tmp_path):
+SHIPPED = [quickstart, synthetic, synthetic_multi_turn, dcrouter, nq_pool6, qa7_live, jsonl]
+
+
+@pytest.mark.parametrize("module", SHIPPED, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_shipped_configs_parse_and_round_trip(module, tmp_path):
+    """Every shipped config parses, and its typed sections survive config.json and back."""
     c = module.get_config()
     if c.suite != "synthetic":
         c.data_dir = str(tmp_path)  # the check needs a directory, not the data
-    validate_config(c)
+    cfg = parse_config(c)
+    assert isinstance(cfg, RunConfig) and cfg.run.suite == c.suite
+    assert cfg.grpo.group_size == c.grpo.group_size and cfg.sft.steps == c.sft.steps
+    assert cfg.calibration.preset == c.calibration.preset
+    back = parse_config(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg
+
+
+def validate_config(c):
+    parse_config(c)
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def _params(workdir):
 
 
 def test_run_writes_its_outputs(tmp_path):
-    summary = train_and_evaluate(tiny_config(steps=2), tmp_path, progress=False)
+    result = train_and_evaluate(tiny_config(steps=2), tmp_path, progress=False)
     for name in ("config.json", "metrics.jsonl", "summary.json", "training_curves.png", "accuracy_vs_cost.png"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "export" / "config.json").exists()
@@ -54,7 +54,13 @@ def test_run_writes_its_outputs(tmp_path):
     assert [r["step"] for r in train] == [0, 1]
     for r in train:
         assert all(np.isfinite(v) for v in r.values() if isinstance(v, float))
-    assert "policy (recal)" in summary["table"]
+    assert result.finished and result.policy == saved["policy"] and result.grpo_steps == 2
+    assert set(result.references) == set(saved["references"])
+    # the breakdown covers the wall time: the phases sum to it, and "other" stays small
+    t = saved["timings"]
+    assert sum(t["phases"].values()) == pytest.approx(t["total_seconds"], rel=1e-3)
+    assert t["other_share"] < 0.05, t
+    assert t["compiles"]["count"] > 0
 
 
 def test_resume_is_exact(tmp_path):
@@ -62,7 +68,8 @@ def test_resume_is_exact(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_and_evaluate(tiny_config(steps=2), straight, progress=False)
     first = train_and_evaluate(tiny_config(steps=2, stop_at_step=1), split, progress=False)
-    assert first["stopped_at_step"] == 1
+    assert first.stopped_at_step == 1 and not first.finished
+    assert not (split / "summary.json").exists()
     train_and_evaluate(tiny_config(steps=2), split, progress=False)
     for a, b in zip(_params(straight), _params(split), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -75,7 +82,7 @@ def test_resume_is_exact(tmp_path):
 def test_unknown_suite_is_a_clear_error(tmp_path):
     c = tiny_config()
     c.suite = "nope"
-    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+    with pytest.raises(ValueError, match="--config.suite='nope': unknown suite"):
         train_and_evaluate(c, tmp_path, progress=False)
 
 

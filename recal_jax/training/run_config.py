@@ -257,9 +257,9 @@ def _typed(path: str, value: Any, kind: Any) -> Any:
             raise _flag(path, value, "must be an integer")
         return value
     if kind in (float, "float"):
-        if not _is_real(value):
-            raise _flag(path, value, "must be a finite number")
-        return float(value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise _flag(path, value, "must be a number")
+        return float(value)  # finiteness: the field's rule, or _check_finite
     if kind in (bool, "bool"):
         if not isinstance(value, bool):
             raise _flag(path, value, "must be True or False")
@@ -358,7 +358,7 @@ def _at_least(lo: int) -> Callable[[Any], bool]:
 
 
 def _real(lo: float, hi: float = math.inf, *, open_low: bool = False) -> Callable[[Any], bool]:
-    return lambda v: (v > lo if open_low else v >= lo) and v <= hi
+    return lambda v: math.isfinite(v) and (v > lo if open_low else v >= lo) and v <= hi
 
 
 def _one_of(choices) -> Callable[[Any], bool]:
@@ -421,7 +421,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("grpo.loss_agg", _one_of(AGG_MODES), f"expected one of {AGG_MODES}"),
     ("grpo.clip_low", _real(0.0), "must be a finite number >= 0"),
     ("grpo.clip_high", _real(0.0), "must be a finite number >= 0"),
-    ("grpo.dual_clip", lambda v: v == 0 or v > 1, "must be 0 (off) or > 1"),
+    ("grpo.dual_clip", lambda v: v == 0 or 1 < v < math.inf, "must be 0 (off) or a finite number > 1"),
     ("grpo.max_turns", _N1, "must be >= 1"),
     ("grpo.max_new_tokens_per_turn", _N1, "must be >= 1"),
     ("grpo.max_total_tokens", _real(1, MAX_TOTAL_TOKENS), f"must lie in [1, {MAX_TOTAL_TOKENS}]"),
@@ -446,6 +446,18 @@ def _check_rules(cfg: RunConfig, check_paths: bool) -> None:
         value = _value(cfg, flag)
         if not ok(value):
             raise _flag(flag, value, requirement)
+
+
+def _check_finite(cfg: RunConfig, check_paths: bool) -> None:
+    """Every float field is finite (most rules say more; this covers the rest)."""
+    for name in ("run",) + tuple(SECTIONS):
+        section = getattr(cfg, name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        for field in dataclasses.fields(section):
+            value = getattr(section, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise _flag(f"{name}.{field.name}" if name != "run" else field.name, value, "must be a finite number")
 
 
 def _check_data(cfg: RunConfig, check_paths: bool) -> None:
@@ -521,5 +533,5 @@ def _check_calibration(cfg: RunConfig, check_paths: bool) -> None:
 
 
 _CHECKS: tuple[Callable[[RunConfig, bool], None], ...] = (
-    _check_rules, _check_data, _check_shapes, _check_calibration,
+    _check_rules, _check_finite, _check_data, _check_shapes, _check_calibration,
 )

@@ -41,8 +41,10 @@ class Run:
     timer: PhaseTimer
 
 
-def set_up(cfg: RunConfig, timer: PhaseTimer) -> Run:
-    """Builds every part of the run (nothing is written to disk here)."""
+def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
+    """Builds every part of the run (nothing is written to disk here); `timer` records the
+    phases (a fresh one when None)."""
+    timer = PhaseTimer() if timer is None else timer
     with timer.phase("data"):
         suite = builders.load_suite(cfg)
         answer_metric = builders.resolve_answer_metric(cfg.reward.answer_metric, suite.train)
