@@ -6,6 +6,7 @@ import math
 from typing import Iterable
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 
@@ -31,12 +32,15 @@ def finite_mean(values: Iterable[float | None]) -> float | None:
     return float(np.mean(x)) if x else None
 
 
+def finite_or_none(value) -> float | None:
+    """value as a float, or None when it is None or not finite (pandas holds a missing value as NaN)."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
 def mean_curve(curves: Iterable[dict[int, float]]) -> tuple[list[int], list[float]]:
-    """Pointwise mean over runs of step -> value maps, at every step any run logged."""
-    by_step: dict[int, list[float]] = {}
-    for curve in curves:
-        for step, value in curve.items():
-            if value is not None and math.isfinite(value):
-                by_step.setdefault(int(step), []).append(float(value))
-    steps = sorted(by_step)
-    return steps, [float(np.mean(by_step[s])) for s in steps]
+    """Pointwise mean over runs of step -> value maps, at every step any run logged (None
+    and non-finite values skipped)."""
+    frame = pd.DataFrame([(int(step), value) for curve in curves for step, value in curve.items()],
+                         columns=["step", "value"])
+    means = frame.groupby("step")["value"].agg(finite_mean).dropna()
+    return [int(step) for step in means.index], [float(v) for v in means]

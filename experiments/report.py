@@ -21,9 +21,9 @@ import math
 import pathlib
 from typing import Any
 
-import numpy as np
+import pandas as pd
 
-from experiments import grid_stats, matched_cost, report_diagnostics, report_plots
+from experiments import grid_stats, matched_cost, report_diagnostics, report_plots, tables
 from experiments.grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name
 from recal_jax.calibration import ALL_PRESET_NAMES
 from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES
@@ -96,14 +96,67 @@ def group_runs(runs: list[RunResult]) -> dict[tuple, list[RunResult]]:
     return {key: sorted(groups[key], key=lambda r: r.seed) for key in sorted(groups, key=_sort_key)}
 
 
+PER_DATASET = "per_dataset/"  # column prefix of a dataset's accuracy in the aggregation frames
+STABILITY = ("reward_std_last_third", "grad_norm_spikes")
+
+
+def _router_columns(result: dict, datasets: list[str]) -> dict:
+    """A router result's numbers as flat columns: accuracy, cost_per_query, per_dataset/<d>."""
+    per = result.get("per_dataset", {})
+    return {"accuracy": result.get("accuracy"), "cost_per_query": result.get("cost_per_query"),
+            **{PER_DATASET + d: per.get(d) for d in datasets}}
+
+
+def _router_means(datasets: list[str]) -> dict:
+    """Named aggregations: the finite mean of each router column."""
+    columns = ["accuracy", "cost_per_query", *(PER_DATASET + d for d in datasets)]
+    return {c: (c, grid_stats.finite_mean) for c in columns}
+
+
+def _as_router(row, datasets: list[str]) -> dict:
+    """{accuracy, per_dataset, cost_per_query} of an aggregated row."""
+    return {"accuracy": grid_stats.finite_or_none(row["accuracy"]),
+            "per_dataset": {d: grid_stats.finite_or_none(row[PER_DATASET + d]) for d in datasets},
+            "cost_per_query": grid_stats.finite_or_none(row["cost_per_query"])}
+
+
 def _mean_router(results: list[dict], datasets: list[str]) -> dict:
     """Mean over runs of {accuracy, per_dataset, cost_per_query} dicts."""
-    return {
-        "accuracy": grid_stats.finite_mean(r.get("accuracy") for r in results),
-        "per_dataset": {d: grid_stats.finite_mean(r.get("per_dataset", {}).get(d) for r in results)
-                        for d in datasets},
-        "cost_per_query": grid_stats.finite_mean(r.get("cost_per_query") for r in results),
-    }
+    return _as_router(pd.DataFrame([_router_columns(r, datasets) for r in results]).agg(grid_stats.finite_mean),
+                      datasets)
+
+
+def _preset_rows(runs: list[RunResult], datasets: list[str]) -> list[dict]:
+    """One row per (preset, route weight), in table order: mean accuracy and its CI over the
+    seeds, mean per-dataset accuracy, cost and stability figures."""
+    groups = group_runs(runs)
+    keys = {_label(*key): key for key in groups}
+    frame = pd.DataFrame([
+        {"label": _label(*key), "seed": r.seed, **_router_columns(r.summary["policy"], datasets),
+         **{k: r.summary.get("stability", {}).get(k) for k in STABILITY},
+         "collapsed": bool(r.summary.get("stability", {}).get("collapsed", False)),
+         "grpo_steps": int(r.summary.get("grpo_steps", 0))}
+        for key, members in groups.items() for r in members])
+    agg = frame.groupby("label", sort=False).agg(
+        seeds=("seed", lambda s: [int(x) for x in s]), n=("seed", "size"),
+        ci95_half=("accuracy", lambda s: grid_stats.mean_ci95(s)[1]),
+        collapsed=("collapsed", "sum"), grpo_steps=("grpo_steps", lambda s: sorted({int(x) for x in s})),
+        **{k: (k, grid_stats.finite_mean) for k in STABILITY}, **_router_means(datasets))
+    rows = []
+    for label, row in zip(agg.index, agg.to_dict("records")):
+        preset, rw = keys[label]
+        # every accuracy is finite (mean_ci95 checks), so their finite mean is mean_ci95's mean
+        mean, half = row["accuracy"], grid_stats.finite_or_none(row["ci95_half"])
+        rows.append({
+            "label": label, "preset": preset, "route_weight": rw,
+            "route_weight_used": own_route_weight(preset) if rw is None else rw,
+            "seeds": row["seeds"], "n": int(row["n"]), "accuracy": mean, "ci95_half": half,
+            "ci95": None if half is None else [mean - half, mean + half],
+            **{k: v for k, v in _as_router(row, datasets).items() if k != "accuracy"},
+            **{k: grid_stats.finite_or_none(row[k]) for k in STABILITY},
+            "collapsed": int(row["collapsed"]), "grpo_steps": row["grpo_steps"],
+        })
+    return rows
 
 
 def _sft_steps(run: RunResult) -> int:
@@ -123,23 +176,7 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
     if not runs:
         raise ValueError("aggregate_suite needs at least one finished run")
     datasets = sorted({d for r in runs for d in r.summary["policy"].get("per_dataset", {})})
-    rows = []
-    for key, members in group_runs(runs).items():
-        mean, half = grid_stats.mean_ci95([r.summary["policy"]["accuracy"] for r in members])
-        router = _mean_router([r.summary["policy"] for r in members], datasets)
-        stab = [r.summary.get("stability", {}) for r in members]
-        rows.append({
-            "label": _label(*key), "preset": key[0], "route_weight": key[1],
-            "route_weight_used": own_route_weight(key[0]) if key[1] is None else key[1],
-            "seeds": [r.seed for r in members], "n": len(members),
-            "accuracy": mean, "ci95_half": half,
-            "ci95": None if half is None else [mean - half, mean + half],
-            "per_dataset": router["per_dataset"], "cost_per_query": router["cost_per_query"],
-            "reward_std_last_third": grid_stats.finite_mean(s.get("reward_std_last_third") for s in stab),
-            "grad_norm_spikes": grid_stats.finite_mean(s.get("grad_norm_spikes") for s in stab),
-            "collapsed": int(sum(bool(s.get("collapsed", False)) for s in stab)),
-            "grpo_steps": sorted({int(r.summary.get("grpo_steps", 0)) for r in members}),
-        })
+    rows = _preset_rows(runs, datasets)
     sft_runs = [r.summary["sft_policy"] for r in runs if "sft_policy" in r.summary]
     sft = {**_mean_router(sft_runs, datasets), "n": len(sft_runs)} if sft_runs else None
     sft_steps = sorted({_sft_steps(r) for r in runs if "sft" in r.config})
@@ -150,16 +187,23 @@ def aggregate_suite(runs: list[RunResult]) -> dict[str, Any]:
     }
 
 
+def _reference_rank(key: str) -> tuple:
+    return (REFERENCE_ORDER.index(key) if key in REFERENCE_ORDER else len(REFERENCE_ORDER), key)
+
+
 def _references(runs: list[RunResult], datasets: list[str]) -> dict[str, dict]:
-    """label -> the mean over runs of each reference router (REFERENCE_ORDER first)."""
+    """label -> the mean over runs of each reference router (REFERENCE_ORDER first). The label
+    is the router's name when every run agrees on it (e.g. "best_single (large-pro)"), else its key."""
+    frame = pd.DataFrame([{"key": k, "name": res.get("name", k), **_router_columns(res, datasets)}
+                          for r in runs for k, res in r.summary.get("references", {}).items()])
+    if frame.empty:
+        return {}
+    agg = frame.groupby("key").agg(names=("name", lambda s: set(s)), **_router_means(datasets))
     references = {}
-    ref_keys = sorted({k for r in runs for k in r.summary.get("references", {})},
-                      key=lambda k: (REFERENCE_ORDER.index(k) if k in REFERENCE_ORDER else len(REFERENCE_ORDER), k))
-    for k in ref_keys:
-        results = [r.summary["references"][k] for r in runs if k in r.summary.get("references", {})]
-        names = {res.get("name", k) for res in results}
-        label = names.pop() if len(names) == 1 else k  # e.g. "best_single (large-pro)" when every run agrees
-        references[label] = {"key": k, **_mean_router(results, datasets)}
+    for key in sorted(agg.index, key=_reference_rank):
+        row = agg.loc[key]
+        label = next(iter(row["names"])) if len(row["names"]) == 1 else key
+        references[label] = {"key": key, **_as_router(row, datasets)}
     return references
 
 
@@ -172,29 +216,34 @@ def _one_run_per_seed(runs: list[RunResult]) -> dict[int, RunResult]:
     return out
 
 
-def classical_points(runs: list[RunResult]) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    """classical router key -> seed -> its lambda sweep as (cost per query, accuracy) points."""
-    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+def _classical_sweeps(runs: list[RunResult]) -> dict[str, dict[int, list]]:
+    """classical router key -> seed -> its lambda sweep [(lambda, cost per query, accuracy), ...]."""
+    out: dict[str, dict[int, list]] = {}
     for seed, run in _one_run_per_seed(runs).items():
         for key in CLASSICAL_NAMES:
             sweep = run.summary.get("references", {}).get(key, {}).get("lambda_sweep") or []
             if sweep:
-                out.setdefault(key, {})[seed] = [(float(c), float(a)) for _, c, a in sweep]
+                out.setdefault(key, {})[seed] = sweep
     return out
+
+
+def classical_points(runs: list[RunResult]) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """classical router key -> seed -> its lambda sweep as (cost per query, accuracy) points."""
+    return {key: {seed: [(float(c), float(a)) for _, c, a in sweep] for seed, sweep in by_seed.items()}
+            for key, by_seed in _classical_sweeps(runs).items()}
 
 
 def classical_fronts(runs: list[RunResult]) -> dict[str, list[list[float]]]:
     """classical router key -> [lambda, cost, accuracy] per lambda, means over the seeds."""
-    out = {}
-    for key, by_seed in classical_points(runs).items():
-        sweeps = [_one_run_per_seed(runs)[seed].summary["references"][key]["lambda_sweep"] for seed in by_seed]
-        by_lambda: dict[float, list] = {}
-        for sweep in sweeps:
-            for lam, cost, acc in sweep:
-                by_lambda.setdefault(float(lam), []).append((float(cost), float(acc)))
-        out[key] = [[lam, float(np.mean([c for c, _ in v])), float(np.mean([a for _, a in v]))]
-                    for lam, v in sorted(by_lambda.items())]
-    return out
+    frame = pd.DataFrame([{"key": key, "lambda": float(lam), "cost": float(cost), "accuracy": float(acc)}
+                          for key, by_seed in _classical_sweeps(runs).items()
+                          for sweep in by_seed.values() for lam, cost, acc in sweep],
+                          columns=["key", "lambda", "cost", "accuracy"])
+    means = frame.groupby(["key", "lambda"]).agg(cost=("cost", grid_stats.finite_mean),
+                                                 accuracy=("accuracy", grid_stats.finite_mean))
+    present = set(means.index.get_level_values("key"))
+    return {key: [[float(lam), float(row.cost), float(row.accuracy)] for lam, row in means.loc[key].iterrows()]
+            for key in CLASSICAL_NAMES if key in present}
 
 
 def sweep_points(runs: list[RunResult]) -> dict[str, dict[int, list[tuple[float, float]]]]:
@@ -226,17 +275,15 @@ def matched_cost_numbers(runs: list[RunResult], agg: dict[str, Any]) -> dict[str
 
 def matched_cost_table(numbers: dict[str, Any]) -> str:
     head = ["router"] + [f"acc @ {f:.0%} cost ({c:.3g} USD)" for f, c in zip(numbers["levels"], numbers["level_costs"])]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in numbers["rows"]:
-        cells = []
-        for cell in row["cells"]:
-            if cell["mean"] is None:
-                cells.append(DASH)
-                continue
-            half = "" if cell["ci95_half"] is None else f" ± {cell['ci95_half']:.3f}"
-            cells.append(f"{cell['mean']:.3f}{half} (n={cell['n']})")
-        lines.append("| " + " | ".join([row["label"]] + cells) + " |")
-    return "\n".join(lines)
+    return tables.markdown([[row["label"]] + [_matched_cell(cell) for cell in row["cells"]] for row in numbers["rows"]],
+                           head)
+
+
+def _matched_cell(cell: dict) -> str:
+    if cell["mean"] is None:
+        return DASH
+    half = "" if cell["ci95_half"] is None else f" ± {cell['ci95_half']:.3f}"
+    return f"{cell['mean']:.3f}{half} (n={cell['n']})"
 
 
 def _f(value, fmt: str = ".3f") -> str:
@@ -248,11 +295,10 @@ def markdown_table(agg: dict[str, Any]) -> str:
     datasets = agg["datasets"]
     head = (["router", "accuracy", "95% CI"] + datasets
             + ["cost/query (USD)", "reward std (last 1/3)", "grad-norm spikes", "collapsed", "seeds"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
 
     def line(label, acc, ci, per, cost, tail):
-        cells = [label, _f(acc), ci] + [_f(per.get(d)) for d in datasets] + [_f(cost, ".3g")] + tail
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append([label, _f(acc), ci] + [_f(per.get(d)) for d in datasets] + [_f(cost, ".3g")] + tail)
 
     for row in agg["rows"]:
         ci = "n/a" if row["ci95"] is None else f"[{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]"
@@ -264,7 +310,7 @@ def markdown_table(agg: dict[str, Any]) -> str:
         line(SFT_LABEL, s["accuracy"], DASH, s["per_dataset"], s["cost_per_query"], [DASH] * 3 + [str(s["n"])])
     for label, ref in agg["references"].items():
         line(label, ref["accuracy"], DASH, ref["per_dataset"], ref["cost_per_query"], [DASH] * 4)
-    return "\n".join(lines)
+    return tables.markdown(lines, head)
 
 
 def _commands(suite_dir: pathlib.Path) -> list[str]:

@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import pathlib
 
+import pandas as pd
 from absl import app, flags
+
+from experiments import tables
 
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "experiments/results/quickstart", "Directory of seed-S/ runs.")
 
@@ -57,20 +60,17 @@ def _fmt(name: str, value: float) -> str:
 
 
 def seed_table(rows: dict[int, dict[str, float]]) -> str:
-    """Markdown: one line per seed, then mean and min over seeds."""
+    """Markdown: one line per seed, then mean and min over seeds (NaN when a seed lacks the number)."""
     if not rows:
         raise ValueError("no runs to tabulate")
-    checks = list(promise_checks(next(iter(rows.values()))))
-    lines = ["| seed | " + " | ".join(COLUMNS) + " | " + " | ".join(checks) + " |",
-             "|---" * (1 + len(COLUMNS) + len(checks)) + "|"]
-    for seed, row in sorted(rows.items()):
-        ok = promise_checks(row)
-        lines.append(f"| {seed} | " + " | ".join(_fmt(c, row[c]) for c in COLUMNS) + " | "
-                     + " | ".join("yes" if ok[c] else "**no**" for c in checks) + " |")
-    for label, agg in (("mean", lambda v: sum(v) / len(v)), ("min", min)):
-        cells = [_fmt(c, agg([r[c] for r in rows.values()])) for c in COLUMNS]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |" + " |" * len(checks))
-    return "\n".join(lines)
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(COLUMNS)).sort_index()
+    checks = pd.DataFrame([promise_checks(row) for row in frame.to_dict("records")], index=frame.index)
+    summary = pd.DataFrame({"mean": frame.mean(skipna=False), "min": frame.min(skipna=False)}).T
+    cells = [[str(seed)] + [_fmt(c, row[c]) for c in COLUMNS]
+             + ["yes" if ok else "**no**" for ok in checks.loc[seed]] for seed, row in frame.iterrows()]
+    cells += [[label] + [_fmt(c, row[c]) for c in COLUMNS] + [""] * checks.shape[1]
+              for label, row in summary.iterrows()]
+    return tables.markdown(cells, ["seed", *COLUMNS, *checks.columns])
 
 
 def read_runs(runs_dir: pathlib.Path) -> dict[int, dict[str, float]]:

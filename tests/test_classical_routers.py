@@ -14,6 +14,7 @@ from launch.configs.base import SHARED_DATA
 from recal_jax.data.schema import ModelInfo, RoutingLog, RoutingRecord
 from recal_jax.evaluation import classical_routers as cr
 from recal_jax.evaluation.reference_routers import reference_routers
+from recal_jax.evaluation.router_result import score_and_cost_matrices
 
 WORDS = {"alpha": "a", "beta": "b", "gamma": "c"}  # the word in the question -> the only right model
 FILLER = [f"w{i}" for i in range(5000)]  # rare filler words: the similarity is the key word's
@@ -86,7 +87,7 @@ def test_lambda_zero_picks_the_best_model_whatever_its_cost():
     cost_m = np.array([1e9, 1.0, 0.0])
     assert cr.route(pred_qm, cost_m, 0.0).tolist() == [0, 1]
     assert cr.route(pred_qm, cost_m, 1e-9).tolist() == [1, 1]  # a price of 1 on model 0 moves question 0
-    huge = {"a": 1e6, "b": 1.0, "c": 0.5}
+    huge = {"a": 100.0, "b": 1.0, "c": 0.5}  # 100 USD: the dearest call a log may hold (schema)
     train, test = _word_log(60, 4, costs=huge, name="train"), _word_log(30, 5, costs=huge, name="test")
     out = cr.classical_routers(train, test, config=SMALL)
     for key, result in out.items():
@@ -172,6 +173,20 @@ def test_linear_objective_gradient_matches_finite_differences():
             num = (cr._linear_objective(theta + e, x_nf, target, 0.3, kind)[0]
                    - cr._linear_objective(theta - e, x_nf, target, 0.3, kind)[0]) / (2 * eps)
             assert grad[i] == pytest.approx(num, rel=1e-4, abs=1e-7), (kind, i)
+
+
+def test_fit_linear_reaches_the_optimum():
+    # both objectives are convex, so a point of (near) zero gradient is their minimum
+    train = _word_log(60, 0, name="train")
+    x_nf = cr.featurize(train, train, SMALL)[0]
+    scores, costs = score_and_cost_matrices(train)
+    for kind, target in (("logistic", scores), ("softmax", cr.softmax_targets(scores, costs))):
+        for l2 in SMALL.l2_grid:
+            w_fm, b_m = cr.fit_linear(x_nf, target, l2, kind, SMALL)
+            theta = np.concatenate([w_fm.ravel(), b_m])
+            loss, grad = cr._linear_objective(theta, x_nf.astype(np.float64), target, l2, kind)
+            assert np.abs(grad).max() < 1e-5, (kind, l2)
+            assert loss < cr._linear_objective(np.zeros_like(theta), x_nf.astype(np.float64), target, l2, kind)[0]
 
 
 def test_labels_are_the_cheapest_best_model_and_ties_everywhere_are_left_out():

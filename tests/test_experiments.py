@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from experiments import grid_layout, grid_stats, report, report_plots, run_grid
-from recal_jax.calibration import COMPONENTS, CalibrationConfig
+from recal_jax.calibration import CalibrationConfig
+from recal_jax.calibration.config import ROUTE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def test_expand_grid_order_and_paths(tmp_path):
 
 def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
     own = grid_layout.own_route_weight("recal")
-    assert own == CalibrationConfig.preset("recal").weights[COMPONENTS.index("route")]
+    assert own == CalibrationConfig.preset("recal").weights[ROUTE]
     runs = run_grid.expand_grid(_grid(presets=("recal",), seeds=(0,), route_weights=(0.0, own, 1.0)))
     assert [r.name for r in runs] == ["recal-rw0-s0", "recal-s0", "recal-rw1-s0"]
     assert run_grid.sweep_weight("recal", None) is None and run_grid.sweep_weight("recal", 2) == 2.0
@@ -404,7 +405,7 @@ def test_end_to_end_tiny_grid_then_report(tmp_path):
     res = _cli(f"--grid={grid}", f"--results_dir={tmp_path / 'res'}")
     assert "skipped (summary.json exists)" in res.stdout
     text = report.write_report(tmp_path / "res").read_text()
-    assert "| recal | " in text and "| after SFT (no RL) |" in text
+    assert {"recal", "after SFT (no RL)"} <= set(_labels(text.splitlines()))
 
 
 # ---------------------------------------------------------------- aggregation and the report
@@ -464,10 +465,20 @@ def _main_table(text):
     return text.split("\n### ")[0].splitlines()
 
 
+def _split(line):
+    """The cells of a markdown table line, without the padding."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _labels(lines):
+    """The first cell of every table line."""
+    return [_split(line)[0] for line in lines if line.startswith("|")]
+
+
 def _cells(text, label):
-    rows = [line for line in _main_table(text) if line.startswith(f"| {label} |")]
+    rows = [_split(line) for line in _main_table(text) if line.startswith("|") and _split(line)[0] == label]
     assert len(rows) == 1, (label, rows)
-    return [c.strip() for c in rows[0].strip("|").split("|")]
+    return rows[0]
 
 
 def test_report_hand_computed_case(tmp_path):
@@ -491,8 +502,7 @@ def test_report_hand_computed_case(tmp_path):
     assert "## synthetic" in text and "## dcrouter" not in text
     assert "    python -m experiments.run_grid --grid=G" in text
 
-    header = [c.strip() for c in text.splitlines()[[i for i, line in enumerate(text.splitlines())
-                                                       if line.startswith("| router |")][0]].strip("|").split("|")]
+    header = _cells(text, "router")
     assert header[:5] == ["router", "accuracy", "95% CI", "a", "b"]
     col = {name: i for i, name in enumerate(header)}
 
@@ -511,8 +521,8 @@ def test_report_hand_computed_case(tmp_path):
 
     grpo = _cells(text, "grpo")
     assert grpo[1] == "0.450" and grpo[2] == "n/a" and grpo[col["collapsed"]] == "1/1"
-    lines = text.splitlines()
-    assert lines.index(f"| {' | '.join(grpo)} |") < lines.index(f"| {' | '.join(recal)} |")  # preset order
+    labels = _labels(_main_table(text))
+    assert labels.index("grpo") < labels.index("recal")  # preset order
 
     assert not [line for line in text.splitlines() if line.startswith("| _sft")]
     sft = _cells(text, "after SFT (no RL)")
@@ -539,7 +549,7 @@ def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):
             _write_run(tmp_path, "dcrouter", grid_layout.run_name("recal", seed, w), acc + 0.01 * seed,
                        {"a": acc, "b": acc}, cost, stab, 0.2, [0.1])
     text = report.write_report(tmp_path).read_text()
-    labels = [line.split("|")[1].strip() for line in _main_table(text) if line.startswith("| recal")]
+    labels = [label for label in _labels(_main_table(text)) if label.startswith("recal")]
     assert labels == ["recal rw=0", "recal rw=0.5", "recal rw=1"]
     assert _cells(text, "recal rw=0.5")[1] == f"{0.605:.3f}"
     numbers = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]
@@ -547,6 +557,20 @@ def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):
     assert [r["route_weight_used"] for r in numbers["rows"]] == [0.0, 0.5, 1.0]
     assert "training_curves" not in numbers["plots"]  # sweep rows are drawn on the pareto plot only
     assert (tmp_path / numbers["plots"]["accuracy_vs_cost"]).stat().st_size > 0  # references alone
+
+
+def test_markdown_tables_keep_the_cells_as_formatted():
+    from experiments import tables
+
+    text = tables.markdown([["recal", "0.600", "1e-05", "—", ""], ["grpo", "12", "0.0001", "[0.1, 0.2]", "x"]],
+                           ["router", "acc", "cost", "ci", "note"])
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[1].replace(":", "-").strip("|-") == ""
+    assert [_split(line) for line in lines[:1] + lines[2:]] == [
+        ["router", "acc", "cost", "ci", "note"], ["recal", "0.600", "1e-05", "—", ""],
+        ["grpo", "12", "0.0001", "[0.1, 0.2]", "x"]]  # no number re-formatted (0.600 stays, 1e-05 stays)
+    with pytest.raises(ValueError, match="cells"):
+        tables.markdown([["only one"]], ["router", "acc"])
 
 
 def test_trailing_mean_by_hand():
@@ -564,7 +588,7 @@ def test_report_puts_the_plain_run_on_the_front_at_its_own_route_weight(tmp_path
     report.write_report(tmp_path)
     rows = json.loads((tmp_path / "summary.json").read_text())["dcrouter"]["rows"]
     used = {r["label"]: r["route_weight_used"] for r in rows}
-    assert used == {"recal": CalibrationConfig.preset("recal").weights[3], "recal rw=1": 1.0}
+    assert used == {"recal": CalibrationConfig.preset("recal").weights[ROUTE], "recal rw=1": 1.0}
 
 
 def test_report_matched_cost_table_and_classical_routers(tmp_path):
@@ -582,8 +606,8 @@ def test_report_matched_cost_table_and_classical_routers(tmp_path):
     # recal, seed 0: front (0.01, .5), (0.02, .6), (0.05, .7) -> .6 + .1 * 5/30, .65, .7; seed 1: +0.01
     half = stats.t.ppf(0.975, 1) * np.std([0.0, 0.01], ddof=1) / math.sqrt(2)
     section = text.split("### Accuracy at matched cost")[1].split("###")[0]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]]
-            for line in section.splitlines() if line.startswith("| ") and not line.startswith("| router")}
+    rows = {_split(line)[0]: _split(line)[1:] for line in section.splitlines()
+            if line.startswith("| ") and _split(line)[0] != "router"}
     assert rows["recal"] == [f"{0.6 + 0.1 / 6 + 0.005:.3f} ± {half:.3f} (n=2)", f"{0.655:.3f} ± {half:.3f} (n=2)",
                              f"{0.705:.3f} ± {half:.3f} (n=2)"]
     # knn: front (0.005, .3), (0.01, .5), (0.02, .55), flat beyond; the same in both seeds
@@ -597,7 +621,7 @@ def test_no_matched_cost_section_without_a_sweep(tmp_path):
     stab = {"reward_std_last_third": 0.1, "grad_norm_spikes": 0, "collapsed": False, "min_format_valid": 1.0}
     _write_run(tmp_path, "synthetic", "recal-s0", 0.5, {"a": 0.5}, 0.01, stab, 0.2, [0.1], classical=True)
     text = report.write_report(tmp_path).read_text()
-    assert "Accuracy at matched cost" not in text and "| knn (k=5) |" in text
+    assert "Accuracy at matched cost" not in text and "knn (k=5)" in _labels(_main_table(text))
     numbers = json.loads((tmp_path / "summary.json").read_text())["synthetic"]
     assert numbers["matched_cost"] is None and "matched_cost" not in numbers["plots"]
 

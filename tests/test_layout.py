@@ -1,5 +1,6 @@
 """The house rules of docs/contracts.md, checked with `ast` over recal_jax/: the one-way
-import graph, and no function over MAX_FUNCTION_LINES lines without a comment saying why."""
+import graph between packages, no import cycle between modules, and no function over
+MAX_FUNCTION_LINES lines without a comment saying why."""
 
 import ast
 import pathlib
@@ -65,6 +66,126 @@ def test_one_way_import_graph(package):
         if bad:
             violations.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
     assert not violations, "\n".join(violations)
+
+
+def module_name(path: pathlib.Path) -> str:
+    """recal_jax/evaluation/plots.py -> recal_jax.evaluation.plots; a package's __init__.py is the package."""
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _parents(name: str) -> list[str]:
+    """recal_jax.a.b.c -> [recal_jax.a, recal_jax.a.b]: the packages Python initialises before it."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def _resolve(name: str, modules: set[str]) -> str | None:
+    """The project module that running `import name` loads last: name itself, or for
+    `from pkg import attr` (name pkg.attr) the longest prefix that is a module."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name if name.startswith("recal_jax") else None
+
+
+def module_imports(importer: str, tree: ast.AST, modules: set[str]) -> set[str]:
+    """Project modules whose code runs when `importer` imports what it names, from every
+    import in the module, function-level ones included (see test_no_import_cycle): each
+    named module and each of its parent packages, except the packages that contain the
+    importer (those are initialised before it, never because of it)."""
+    own = {"recal_jax", importer, *_parents(importer)}
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for target in filter(None, (_resolve(n, modules) for n in names)):
+            out |= {m for m in (*_parents(target), target) if m == target or m not in own}
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (module_imports), over recal_jax/."""
+    paths = {module_name(p): p for p in _modules()}
+    return {name: module_imports(name, ast.parse(path.read_text()), set(paths)) for name, path in paths.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle [a, b, ..., a] of the directed graph (a self-import included), or None
+    when it is acyclic. Depth-first search, iterative (no recursion limit)."""
+    state = {}  # node -> "open" while on the search path, "done" after
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path, stack = [root], [iter(sorted(graph.get(root, ())))]
+        state[root] = "open"
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = "done"
+                stack.pop()
+            elif state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            elif nxt not in state:
+                state[nxt] = "open"
+                path.append(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return None
+
+
+def test_no_import_cycle():
+    # Function-level imports count: a lazy import only hides a cycle from the interpreter
+    # (it breaks it at run time, by hand), while the two modules still cannot be read,
+    # tested or moved one without the other: the cycle this test is there to prevent.
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_on_small_graphs():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b", "c"}, "b": {"d"}, "c": {"d"}, "d": set()}) is None  # a diamond is no cycle
+    cycle = find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})
+    assert cycle[0] == cycle[-1] and sorted(cycle[:-1]) == ["a", "b", "c"]
+    assert find_cycle({"x": {"x"}}) == ["x", "x"]
+    assert find_cycle({"a": {"b"}, "b": {"c", "e"}, "c": set(), "e": {"b"}}) == ["b", "e", "b"]
+
+
+def test_module_imports_sees_lazy_imports_and_parent_packages():
+    modules = {"recal_jax", "recal_jax.ev", "recal_jax.ev.a", "recal_jax.ev.b", "recal_jax.tr", "recal_jax.tr.g"}
+    src = "from recal_jax.ev import b\ndef f():\n    from recal_jax.tr.g import h\n"
+    # inside its own package: b only; from outside: the package's __init__ runs too
+    assert module_imports("recal_jax.ev.a", ast.parse(src), modules) == {"recal_jax.ev.b", "recal_jax.tr",
+                                                                          "recal_jax.tr.g"}
+    assert module_imports("recal_jax.tr", ast.parse("from recal_jax.ev.a import x"), modules) == {
+        "recal_jax.ev", "recal_jax.ev.a"}
+    graph = {"recal_jax.ev.a": module_imports("recal_jax.ev.a", ast.parse("from recal_jax.ev import b"), modules),
+             "recal_jax.ev.b": module_imports("recal_jax.ev.b", ast.parse("def f():\n    import recal_jax.ev.a"),
+                                              modules)}
+    assert find_cycle(graph) == ["recal_jax.ev.a", "recal_jax.ev.b", "recal_jax.ev.a"]
+
+
+REGISTRY = ROOT / "calibration" / "config.py"  # the one home of the reward components' names
+
+
+def component_name_copies(tree: ast.AST, names: tuple[str, ...]) -> list[int]:
+    """Line numbers of tuple / list / set literals holding two or more of `names` as strings:
+    a copy of the registry (reading a single name, as in a metric key, is no copy)."""
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+            and sum(isinstance(e, ast.Constant) and e.value in names for e in node.elts) >= 2]
+
+
+def test_reward_components_are_named_in_one_place():
+    from recal_jax.calibration.config import COMPONENTS
+
+    paths = [p for p in (*_modules(), *sorted((ROOT.parent / "experiments").rglob("*.py"))) if p != REGISTRY]
+    copies = [f"{path.relative_to(ROOT.parent)}:{line}" for path in paths
+              for line in component_name_copies(ast.parse(path.read_text()), COMPONENTS)]
+    assert not copies, f"copies of calibration.config.COMPONENTS (import its names and indices instead): {copies}"
+    assert component_name_copies(ast.parse(REGISTRY.read_text()), COMPONENTS)  # the check sees the registry
+    assert component_name_copies(ast.parse('AUX = ["info", "route"]\nx = ("balance",)'), COMPONENTS) == [1]
 
 
 def _functions(tree: ast.AST):

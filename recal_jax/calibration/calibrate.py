@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from recal_jax.calibration.advantages import batch_normalize, batch_scale, group_advantages
-from recal_jax.calibration.config import NUM_COMPONENTS, CalibrationConfig
+from recal_jax.calibration.config import (
+    ANSWER, BALANCE, NUM_COMPONENTS, NUM_STATELESS, ROUTE, STATELESS_COMPONENTS, CalibrationConfig)
 from recal_jax.calibration.dataset_scale import dataset_scale, dataset_scale_ema
 from recal_jax.calibration.gating import gate_rewards, router_r1_scalar_reward, weighted_sum
 from recal_jax.calibration.reweight import INFORMATIVE_TOL, group_std, variance_weights
@@ -30,8 +31,6 @@ from recal_jax.calibration.route_balance import (
     RouteWindow, balance_reward, ema_frequencies, route_reward_linear, route_reward_router_r1)
 from recal_jax.calibration.state import CalibrationState
 
-ROUTE, BALANCE = 3, 4
-NUM_STATELESS = 3  # format, answer, info: what the environment computes without state
 MAX_ABS_REWARD = 1e12
 MAX_CALL_COUNT = 1e6
 
@@ -46,7 +45,7 @@ def _validate_rewards(rewards, format_ok, valid, dataset_ids, config, stateful_g
         raise ValueError(f"calibrate: rewards must be f32[U,G,K], got shape {shape}")
     if shape[2] != NUM_COMPONENTS and not (stateful_given and shape[2] == NUM_STATELESS):
         raise ValueError(f"calibrate: rewards need K={NUM_COMPONENTS} components (or K={NUM_STATELESS}, "
-                         f"format/answer/info, with call_counts_ugm and cost_ug), got K={shape[2]}")
+                         f"{'/'.join(STATELESS_COMPONENTS)}, with call_counts_ugm and cost_ug), got K={shape[2]}")
     ug = shape[:2]
     for name, arr in (("format_ok", format_ok), ("valid", valid)):
         if jnp.shape(arr) != ug:
@@ -146,7 +145,8 @@ def _gated_and_scalar(rewards_ugk, format_ok_ug, valid_ug, config: CalibrationCo
     r_tilde = (gate_rewards(rewards_ugk, format_ok_ug, config.tau, config.gate_mode, config.tau_min)
                if config.gate else rewards_ugk)
     if config.scalar_reward == "router_r1":
-        scalar = router_r1_scalar_reward(format_ok_ug, r_tilde[..., 1], r_tilde[..., ROUTE], config.router_r1_alpha)
+        scalar = router_r1_scalar_reward(format_ok_ug, r_tilde[..., ANSWER], r_tilde[..., ROUTE],
+                                         config.router_r1_alpha)
     else:
         scalar = weighted_sum(r_tilde, config.weights)
     return r_tilde, jnp.where(valid_ug, scalar, 0.0)

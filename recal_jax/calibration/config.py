@@ -10,9 +10,17 @@ from __future__ import annotations
 import dataclasses
 import math
 
+# The reward components (spec section 3): the one registry of their names and order. Every
+# reward array's last axis, every weight tuple and every per-component metric follow it.
+# The first NUM_STATELESS are computed per rollout by the environment (routing.rewards); the
+# rest are stateful and computed by calibrate. AUX_COMPONENTS are gated on format and answer.
 COMPONENTS = ("format", "answer", "info", "route", "balance")
 NUM_COMPONENTS = len(COMPONENTS)
-DEFAULT_WEIGHTS = (0.5, 1.0, 0.25, 0.25, 0.1)
+FORMAT, ANSWER, INFO, ROUTE, BALANCE = range(NUM_COMPONENTS)  # each component's index in COMPONENTS
+STATELESS_COMPONENTS = COMPONENTS[:ROUTE]
+NUM_STATELESS = len(STATELESS_COMPONENTS)
+AUX_COMPONENTS = COMPONENTS[INFO:]
+DEFAULT_WEIGHTS = (0.5, 1.0, 0.25, 0.25, 0.1)  # w_k in COMPONENTS order
 
 _CHOICES = {
     "baseline": ("mean", "loo"),
@@ -96,9 +104,11 @@ class CalibrationConfig:
         try:
             weights = tuple(float(w) for w in self.weights)
         except TypeError as err:
-            raise ValueError(f"CalibrationConfig.weights must be a sequence of 5 numbers, got {self.weights!r}") from err
+            raise ValueError(f"CalibrationConfig.weights must be a sequence of {NUM_COMPONENTS} numbers, "
+                             f"got {self.weights!r}") from err
         if len(weights) != NUM_COMPONENTS or not all(math.isfinite(w) for w in weights):
-            raise ValueError(f"CalibrationConfig.weights must be 5 finite numbers {COMPONENTS}, got {self.weights!r}")
+            raise ValueError(f"CalibrationConfig.weights must be {NUM_COMPONENTS} finite numbers {COMPONENTS}, "
+                             f"got {self.weights!r}")
         object.__setattr__(self, "weights", weights)
         if self.cost_ref is not None:
             if not isinstance(self.cost_ref, (int, float)) or not (math.isfinite(self.cost_ref) and self.cost_ref > 0):

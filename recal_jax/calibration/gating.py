@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from recal_jax.calibration.config import ANSWER, FORMAT, NUM_COMPONENTS
+
 
 def gate_rewards(rewards_ugk, format_ok_ug, tau: float = 1.0, mode: str = "threshold",
                  tau_min: float = 0.5):
@@ -21,11 +23,10 @@ def gate_rewards(rewards_ugk, format_ok_ug, tau: float = 1.0, mode: str = "thres
     """
     rewards_ugk = jnp.asarray(rewards_ugk, jnp.float32)
     fmt = jnp.asarray(format_ok_ug, bool)
-    answer = rewards_ugk[..., 1]
+    answer = rewards_ugk[..., ANSWER]
     aux_open = fmt & (answer >= group_gate_threshold(answer, fmt, tau, mode, tau_min))
-    gate_ugk = jnp.stack(
-        [jnp.ones_like(fmt), fmt, aux_open, aux_open, aux_open], axis=-1
-    )
+    gates = {FORMAT: jnp.ones_like(fmt), ANSWER: fmt}  # every other component is an aux one
+    gate_ugk = jnp.stack([gates.get(k, aux_open) for k in range(NUM_COMPONENTS)], axis=-1)
     return jnp.where(gate_ugk, rewards_ugk, 0.0)
 
 

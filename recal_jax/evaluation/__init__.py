@@ -6,7 +6,8 @@ directory, metrics) and stability figures."""
 # re-exported here: the name would shadow its module).
 from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES, ClassicalConfig
 from recal_jax.evaluation.evaluate import evaluate_policy, results_table, route_summary
-from recal_jax.evaluation.reference_routers import RouterResult, reference_routers
+from recal_jax.evaluation.reference_routers import reference_routers
+from recal_jax.evaluation.router_result import RouterResult
 from recal_jax.evaluation.run_dir import RunDir
 from recal_jax.evaluation.stability import stability
 

@@ -18,9 +18,10 @@ import tempfile
 from typing import Callable
 
 from recal_jax.data.schema import RoutingLog
-from recal_jax.evaluation.reference_routers import RouterResult, score_and_cost_matrices
+from recal_jax.evaluation.router_result import RouterResult, score_and_cost_matrices
 
-CACHE_VERSION = 1  # bump when the classical routers' definition changes
+# bump when the classical routers' definition changes (2: scipy's L-BFGS-B fits the linear models)
+CACHE_VERSION = 2
 
 
 def fingerprint(train: RoutingLog, test: RoutingLog, seed: int, config) -> str:
@@ -38,17 +39,11 @@ def fingerprint(train: RoutingLog, test: RoutingLog, seed: int, config) -> str:
     return h.hexdigest()
 
 
-def _from_json(row: dict) -> RouterResult:
-    row = dict(row)
-    row["lambda_sweep"] = tuple(tuple(point) for point in row.get("lambda_sweep", ()))
-    return RouterResult(**row)
-
-
 def load(path: pathlib.Path) -> dict[str, RouterResult] | None:
     """The cached routers at `path`, or None when absent or unreadable."""
     try:
         rows = json.loads(path.read_text())
-        return {name: _from_json(row) for name, row in rows.items()}
+        return {name: RouterResult.from_json(row) for name, row in rows.items()}
     except (OSError, ValueError, TypeError, AttributeError):
         return None
 

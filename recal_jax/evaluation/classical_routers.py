@@ -18,7 +18,7 @@ Routers (each predicts a per-model score pred_qm, then routes by a utility):
   of each train question (cheapest among ties; questions on which all models tie are left
   out); pred = its class probabilities. It learns "the cheapest model that is right", so it
   sits at the cheap end of the front.
-The linear models are fit by L-BFGS (convex: the same optimum from the zero start).
+The linear models are fit by scipy's L-BFGS-B (convex: the same optimum from the zero start).
 
 Cost-aware routing: route to argmax_m pred_qm - lambda * cost_m / max_m cost_m, cost_m the
 model's mean call cost on train (the only cost known before calling), the cheapest model
@@ -40,14 +40,15 @@ from typing import Sequence
 
 import chex
 import numpy as np
-from scipy import sparse, special
+from scipy import optimize, sparse, special
 
 from recal_jax.data.schema import RoutingLog
-from recal_jax.evaluation.reference_routers import RouterResult, choice_result, score_and_cost_matrices
+from recal_jax.evaluation.router_result import RouterResult, choice_result, score_and_cost_matrices
 
 CLASSICAL_NAMES = ("knn", "linear", "softmax")
 DEFAULT_LAMBDAS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 TIE_TOL = 1e-9
+GTOL = 1e-6  # L-BFGS-B stops when every gradient entry is below this (or after max_iter iterations)
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -198,42 +199,10 @@ def _linear_objective(theta, x_nf, target, l2: float, kind: str):
     return loss, grad
 
 
-def lbfgs(fun_grad, x0: np.ndarray, max_iter: int, history: int = 10, gtol: float = 1e-6) -> np.ndarray:
-    """Minimises a smooth function (fun_grad(x) -> (value, gradient)) by L-BFGS: the two-loop
-    recursion over the last `history` steps, backtracking (Armijo) line search; stops when
-    the gradient's max-norm is below gtol or after max_iter iterations."""
-    x, (f, g) = x0, fun_grad(x0)
-    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
-    for _ in range(max_iter):
-        if np.max(np.abs(g)) < gtol:
-            break
-        q, alphas = g.copy(), []
-        for s_, y_, rho in reversed(pairs):
-            a = rho * (s_ @ q)
-            q -= a * y_
-            alphas.append(a)
-        if pairs:
-            q *= (pairs[-1][0] @ pairs[-1][1]) / (pairs[-1][1] @ pairs[-1][1])
-        for (s_, y_, rho), a in zip(pairs, reversed(alphas)):
-            q += s_ * (a - rho * (y_ @ q))
-        d, step = -q, 1.0 if pairs else 1.0 / max(np.linalg.norm(g), 1e-12)
-        while True:
-            x_new = x + step * d
-            f_new, g_new = fun_grad(x_new)
-            if f_new <= f + 1e-4 * step * (g @ d) or step < 1e-12:
-                break
-            step *= 0.5
-        s_, y_ = x_new - x, g_new - g
-        if s_ @ y_ > 1e-12:
-            pairs = (pairs + [(s_, y_, 1.0 / (s_ @ y_))])[-history:]
-        x, f, g = x_new, f_new, g_new
-    return x
-
-
 def fit_linear(x_nf: sparse.csr_matrix, target_nm: np.ndarray, l2: float, kind: str, config: ClassicalConfig):
     """(w_fm, b_m) of per-model logistic regressions (kind 'logistic', target_nm the scores)
-    or a softmax classifier (kind 'softmax', target_nm one-hot), by L-BFGS from zero: convex,
-    so deterministic and independent of any seed."""
+    or a softmax classifier (kind 'softmax', target_nm one-hot), by scipy's L-BFGS-B from zero
+    (at most config.max_iter iterations): convex, so deterministic and independent of any seed."""
     if kind not in ("logistic", "softmax"):
         raise ValueError(f"fit_linear: kind must be 'logistic' or 'softmax', got {kind!r}")
     chex.assert_rank(target_nm, 2)
@@ -241,8 +210,9 @@ def fit_linear(x_nf: sparse.csr_matrix, target_nm: np.ndarray, l2: float, kind: 
     f, m = x_nf.shape[1], target_nm.shape[1]
     x64 = x_nf.astype(np.float64)
     target64 = target_nm.astype(np.float64)
-    theta = lbfgs(lambda t: _linear_objective(t, x64, target64, l2, kind), np.zeros(f * m + m), config.max_iter)
-    return theta[:f * m].reshape(f, m), theta[f * m:]
+    res = optimize.minimize(_linear_objective, np.zeros(f * m + m), args=(x64, target64, l2, kind), jac=True,
+                            method="L-BFGS-B", options={"maxiter": config.max_iter, "gtol": GTOL})
+    return res.x[:f * m].reshape(f, m), res.x[f * m:]
 
 
 def predict_linear(params, x_nf: sparse.csr_matrix, kind: str) -> np.ndarray:

@@ -11,7 +11,8 @@ import numpy as np
 
 from recal_jax.data.schema import RoutingLog
 from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES
-from recal_jax.evaluation.reference_routers import RouterResult, reference_routers
+from recal_jax.evaluation.per_dataset import per_dataset_mean
+from recal_jax.evaluation.router_result import RouterResult
 from recal_jax.rollout.runner import RolloutRunner, dataset_ids
 from recal_jax.rollout.sampler import GREEDY, SamplingOptions
 
@@ -51,8 +52,7 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *,
     answer, cost, ids_all = out["answer"], out["cost"], out["dataset_id"]
     counts_dm = np.zeros((len(log.datasets), len(names)))
     np.add.at(counts_dm, ids_all, out["calls_nm"])
-    per_dataset = {name: float(answer[ids_all == d].mean())
-                   for d, name in enumerate(log.datasets) if (ids_all == d).any()}
+    per_dataset = per_dataset_mean(answer, ids_all, log.datasets)
     total_calls = counts_dm.sum()
     share = {m: float(counts_dm[:, j].sum() / total_calls) if total_calls else 0.0 for j, m in enumerate(names)}
     share_by_dataset = {
@@ -107,4 +107,4 @@ def route_summary(policy: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_policy", "reference_routers", "results_table", "route_summary"]
+__all__ = ["evaluate_policy", "results_table", "route_summary"]

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 from matplotlib.figure import Figure
 
-COMPONENT_KEYS = ("format", "answer", "info", "route", "balance")
+from recal_jax.calibration.config import COMPONENTS
 
 
 def plot_training_curves(rows: Sequence[Mapping], path: pathlib.Path) -> pathlib.Path | None:
@@ -19,7 +19,7 @@ def plot_training_curves(rows: Sequence[Mapping], path: pathlib.Path) -> pathlib
     steps = [r["step"] for r in rows]
     fig = Figure(figsize=(11, 4))  # no pyplot: the caller's backend stays as it is
     ax_r, ax_d = fig.subplots(1, 2)
-    for key in COMPONENT_KEYS:
+    for key in COMPONENTS:
         name = f"reward/{key}"
         if any(name in r for r in rows):
             ax_r.plot(steps, [r.get(name, float("nan")) for r in rows], label=key)

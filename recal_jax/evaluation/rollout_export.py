@@ -21,9 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
+from recal_jax.calibration.config import STATELESS_COMPONENTS
 from recal_jax.data.jsonl import quiet_datasets
 from recal_jax.data.schema import RoutingLog, RoutingRecord
-from recal_jax.routing.rewards import STATELESS_COMPONENTS
 
 _STRINGS = ("id", "dataset", "question", "completion", "answer", "finish_reason")
 _STRING_LISTS = ("golden_answers", "routed_models", "queries", "replies")

@@ -25,19 +25,17 @@ from typing import Any, Sequence
 import chex
 import numpy as np
 
+from recal_jax.calibration.config import ANSWER, FORMAT, INFO, STATELESS_COMPONENTS
 from recal_jax.data.schema import RoutingLog, RoutingRecord
 from recal_jax.routing.answers import answer_score, sub_exact_match
 from recal_jax.routing.protocol import Parsed
-
-STATELESS_COMPONENTS = ("format", "answer", "info")  # calibration.COMPONENTS[:3]
-FORMAT, ANSWER, INFO = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
 class RewardBatch:
     """What the environment reports for U instances x G rollouts."""
 
-    stateless_ugk: np.ndarray  # f32[U, G, 3]: format, answer, info
+    stateless_ugk: np.ndarray  # f32[U, G, NUM_STATELESS]: the STATELESS_COMPONENTS
     format_ok_ug: np.ndarray  # bool[U, G]
     valid_ug: np.ndarray  # bool[U, G]
     call_counts_ugm: np.ndarray  # i32[U, G, M], M in model_names order
