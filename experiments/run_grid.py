@@ -19,6 +19,13 @@ before the suite's preset runs; every preset run of that (suite, seed) then star
 export (model.pretrained_path=<that>/export, sft.steps=0) and still evaluates that start
 (summary `sft_policy`). A preset run whose SFT job has no export is not started (failed).
 
+Before any run starts, every planned run's config goes through the launcher's parser
+(recal_jax.training.run_config.parse_config): a bad grid flag, override or config is one line,
+`error: [<run key>: ]...`, and exit status 2. Each worker runs in its own process group and
+holds its run directory's RunLock: SIGTERM or SIGINT to the grid stops the worker's group and
+exits with 128 + the signal; a directory still locked by a worker of an earlier grid is left
+alone (that job fails). A run is finished when its summary.json exists (written last).
+
 A route-weight sweep (`grid.route_weights`) sets the `route` entry of calibration.weights; for
 router_r1, whose scalar reward ignores the component weights, it sets its cost weight instead:
 calibration.router_r1_alpha = w / (1 + w) (grid_layout.router_r1_alpha), the same answer : route
@@ -27,6 +34,7 @@ ratio 1 : w as the weighted presets' (answer weight 1, route weight w).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -35,6 +43,7 @@ import os
 import pathlib
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -46,11 +55,27 @@ from experiments.grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoi
                                      own_route_weight, preset_weights, router_r1_alpha, run_name, sft_run_name,
                                      uses_router_r1_scalar)
 from recal_jax.calibration.config import ALL_PRESET_NAMES
+from recal_jax.evaluation.run_dir import RunLock, lock_holder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = "experiments.grid_worker"  # run as `python -m experiments.grid_worker` from ROOT
 RUN_CONFIG = "grid_run_config.json"
 RUN_LOG = "grid_log.txt"
+USAGE_ERROR = 2  # exit status of a bad grid flag or config, before any run starts
+
+
+class GridConfigError(ValueError):
+    """A grid that cannot be run as configured (bad flags, overrides, or a run's config the
+    launcher's parser refuses); raised before any run starts."""
+
+
+class GridInterrupted(BaseException):
+    """SIGTERM or SIGINT reached the grid (a BaseException: a run's failure handler must not
+    swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,21 +216,35 @@ def flatten_overrides(overrides: Mapping[str, Any], prefix: str = "") -> dict[st
     return flat
 
 
+def missing_key(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+    """What `config` lacks of the dotted key ('no section X' / 'no field X'), or None."""
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            return f"the config has no section {part!r}"
+        node = node[part]
+    return None if leaf in node else f"the config has no field {leaf!r}"
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-    """Sets dotted keys on `config` in place; a key the config lacks is a ValueError."""
-    for dotted, value in flatten_overrides(overrides).items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for part in parents:
-            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-                raise ValueError(f"config override {dotted!r}: the config has no section {part!r}")
-            node = node[part]
-        if leaf not in node:
-            raise ValueError(f"config override {dotted!r}: the config has no field {leaf!r}")
-        try:
-            node[leaf] = value
-        except TypeError as err:
-            raise ValueError(f"config override {dotted}={value!r}: {err}") from err
+    """Sets dotted keys on `config` in place with ConfigDict.update_from_flattened_dict, on the
+    locked config so that a key it lacks is refused (unlocked, ml_collections adds it); every
+    error is a ValueError naming the key."""
+    was_locked = config.is_locked
+    config.lock()
+    try:
+        for dotted, value in flatten_overrides(overrides).items():
+            try:
+                config.update_from_flattened_dict({dotted: value})
+            except (KeyError, AttributeError) as err:
+                why = missing_key(config, dotted) or " ".join(str(err).split())
+                raise ValueError(f"config override {dotted!r}: {why}") from None
+            except TypeError as err:
+                raise ValueError(f"config override {dotted}={value!r}: {err}") from None
+    finally:
+        if not was_locked:
+            config.unlock()
 
 
 def route_weight_override(preset: str, weight: float) -> tuple[float, ...]:
@@ -266,20 +305,46 @@ def check_sft_record(config: ml_collections.ConfigDict, path: pathlib.Path) -> N
                          "delete that directory or use another --results_dir")
 
 
-def subprocess_runner(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
-    """Runs one training run in a fresh Python process; its output goes to workdir/grid_log.txt."""
-    cfg_path = workdir / RUN_CONFIG
-    cfg_path.write_text(config.to_json(indent=2, sort_keys=True))
+def worker_env(workdir: pathlib.Path) -> dict[str, str]:
+    """The environment of a run's worker process: this one, with the repository on PYTHONPATH
+    and the grid's JAX compilation cache (unless the caller chose one)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    # workdir is <results_dir>/<suite>/<run>; a cache the caller chose is kept. Every compile is
-    # cached: a run makes ~70 small ones (well under JAX's default 1 s threshold), the same in each run.
+    # workdir is <results_dir>/<suite>/<run>. Every compile is cached: a run makes ~70 small
+    # ones (well under JAX's default 1 s threshold), the same in each run.
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache_dir(workdir.parents[1]) / "jax"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    with (workdir / RUN_LOG).open("a") as log:
-        proc = subprocess.run([sys.executable, "-m", WORKER, "--run_config", str(cfg_path), "--workdir", str(workdir)],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, check=False)
+    return env
+
+
+def subprocess_runner(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> int:
+    """Runs one training run in a fresh Python process; its output goes to workdir/grid_log.txt.
+    The worker leads its own process group (a terminal's Ctrl-C reaches the grid only). When
+    the wait is interrupted (GridInterrupted, KeyboardInterrupt), subprocess.run kills the
+    worker and kill_worker_group what it may have started, before the exception goes on: no
+    process outlives the grid to race a restarted grid's worker."""
+    cfg_path = workdir / RUN_CONFIG
+    cfg_path.write_text(config.to_json(indent=2, sort_keys=True))
+    cmd = [sys.executable, "-m", WORKER, "--run_config", str(cfg_path), "--workdir", str(workdir)]
+    try:
+        with (workdir / RUN_LOG).open("a") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=worker_env(workdir),
+                                  start_new_session=True, check=False)
+    except BaseException:
+        kill_worker_group(workdir)
+        raise
     return proc.returncode
+
+
+def kill_worker_group(workdir: pathlib.Path) -> None:
+    """SIGKILL to the process group of the worker of `workdir`. The worker takes the run
+    directory's lock first thing and leads its own group, so the lock file names the group;
+    before that the file names this process (which took the lock to prepare the directory),
+    and the worker has started nothing yet."""
+    pid = lock_holder(workdir)
+    if pid is not None and pid != os.getpid():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _record_command(suite_dir: pathlib.Path, command: str) -> None:
@@ -297,14 +362,33 @@ def run_status(run: GridRun, results_dir) -> str:
 
 
 def _prepare(grid, results_dir: pathlib.Path, only: str) -> tuple[list[GridRun], dict]:
-    """The planned jobs and their configs; bad overrides and mismatched shared SFT jobs fail
-    here, before any run."""
-    runs = plan_jobs(grid, results_dir, only)
-    configs = {r: build_run_config(grid, r, results_dir) for r in runs}
-    for r in runs:
-        if r.sft_only:
-            check_sft_record(configs[r], r.path(results_dir))
+    """The planned jobs and their configs; bad grid values and overrides, configs the
+    launcher's parser refuses and mismatched shared SFT jobs fail here (GridConfigError),
+    before any run."""
+    try:
+        runs = plan_jobs(grid, results_dir, only)
+        configs = {r: build_run_config(grid, r, results_dir) for r in runs}
+        for r in runs:
+            if r.sft_only:
+                check_sft_record(configs[r], r.path(results_dir))
+    except ValueError as e:
+        raise GridConfigError(str(e)) from None
+    _parse_configs(runs, configs, results_dir, share_sft(grid))
     return runs, configs
+
+
+def _parse_configs(runs: list[GridRun], configs: dict, results_dir: pathlib.Path, shared: bool) -> None:
+    """Every planned run's config through the launcher's parser (as its worker will parse it),
+    without claiming devices; paths are not checked for a preset run whose shared SFT start is
+    not exported yet (its SFT job, planned too, checks the data paths)."""
+    from recal_jax.training.run_config import ConfigError, parse_config
+
+    for r in runs:
+        waits = shared and not r.sft_only and not sft_job(r.suite, r.seed, r.tag).is_finished(results_dir)
+        try:
+            parse_config(configs[r], check_paths=not waits, check_devices=False)
+        except ConfigError as e:
+            raise GridConfigError(f"{r.key}: {e}") from None
 
 
 def _not_run(run: GridRun, results_dir: pathlib.Path, head: str, shared: bool, echo) -> dict | None:
@@ -322,14 +406,17 @@ def _not_run(run: GridRun, results_dir: pathlib.Path, head: str, shared: bool, e
 
 
 def _execute(run: GridRun, config, path: pathlib.Path, command: str, runner) -> tuple[int, str, float]:
-    """Prepares the run directory and runs the job: (exit code, error text, seconds)."""
+    """Prepares the run directory and runs the job: (exit code, error text, seconds). A
+    directory whose RunLock another process holds (a worker that outlived an earlier grid)
+    is left untouched, and the job fails."""
     path.mkdir(parents=True, exist_ok=True)
-    if command:
-        _record_command(path.parent, command)
-    if not has_checkpoint(path) and (path / "metrics.jsonl").exists():
-        (path / "metrics.jsonl").unlink()  # a restart from scratch must not append to a dead run's rows
     t0 = time.perf_counter()
     try:
+        with RunLock(path):  # released before the worker starts: the worker takes it itself
+            if command:
+                _record_command(path.parent, command)
+            if not has_checkpoint(path) and (path / "metrics.jsonl").exists():
+                (path / "metrics.jsonl").unlink()  # a restart from scratch must not append to a dead run's rows
         rc, err = runner(config, path), ""
     except Exception as e:  # noqa: BLE001 - one failed run must not end the grid
         rc, err = -1, f"{type(e).__name__}: {e}"
@@ -389,12 +476,64 @@ def run_grid(grid, results_dir, *, only: str = "", dry_run: bool = False, comman
     return out
 
 
+def _on_signal(signum, frame) -> None:
+    del frame
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the clean-up short
+        signal.signal(sig, signal.SIG_IGN)
+    raise GridInterrupted(signum)
+
+
+def flag_error_line(argv: list[str], err: Exception) -> str:
+    """One line for a command line that absl or config_flags refused. config_flags reports a
+    --grid.KEY=V whose KEY the grid file lacks without the flag: find and name it."""
+    grid_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--grid=")), None)
+    if isinstance(err, (AttributeError, KeyError)) and grid_file:
+        try:
+            grid = load_config_file(grid_file)
+        except Exception:  # noqa: BLE001 - only a better message is at stake
+            return " ".join(str(err).split())
+        for arg in argv:
+            why = missing_key(grid, arg[len("--grid."):].split("=", 1)[0]) if arg.startswith("--grid.") else None
+            if why:
+                return f"{arg}: {why.replace('the config', 'the grid config')}"
+    return " ".join(str(err).split())
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
 def main(argv):
     del argv
     command = shlex.join(["python", "-m", "experiments.run_grid", *sys.argv[1:]])
-    records = run_grid(_GRID.value, _RESULTS_DIR.value, only=_ONLY.value, dry_run=_DRY_RUN.value, command=command)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+    grid = _GRID.value
+    if not isinstance(grid, ml_collections.ConfigDict):  # config_flags' stand-in for a file it could not load
+        try:
+            _ = grid.suites  # raises the load error
+        except OSError as e:
+            _fail(f"--grid: cannot load the grid config file: {str(e).strip().splitlines()[-1].strip()}")
+    try:
+        records = run_grid(grid, _RESULTS_DIR.value, only=_ONLY.value, dry_run=_DRY_RUN.value, command=command)
+    except GridConfigError as e:
+        _fail(" ".join(str(e).split()))
+    except GridInterrupted as e:
+        print(f"grid: stopped by {signal.Signals(e.signum).name}; the running worker was stopped "
+              "(its run resumes on the next call)", file=sys.stderr)
+        sys.exit(128 + e.signum)
     if any(r["status"] == "failed" for r in records):
         sys.exit(1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, OSError, SyntaxError, TypeError, ValueError) as e:
+        _fail(flag_error_line(argv, e))
 
 
 if __name__ == "__main__":
@@ -406,4 +545,4 @@ if __name__ == "__main__":
     _DRY_RUN = flags.DEFINE_bool("dry_run", False, "List the runs and their status; run nothing.")
     _ONLY = flags.DEFINE_string("only", "", "Run only the runs whose '<suite>/<run name>' contains this.")
     flags.mark_flags_as_required(["grid"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

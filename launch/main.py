@@ -75,6 +75,7 @@ def print_result(result) -> None:
 def main(argv):
     del argv
     from recal_jax.data.schema import DataError
+    from recal_jax.evaluation.run_dir import RunDirLocked
     from recal_jax.training.run_config import ConfigError, parse_config
 
     config = _CONFIG.value
@@ -89,7 +90,7 @@ def main(argv):
         workdir = _WORKDIR.value or os.path.join(
             "runs", f"{cfg.run.suite}-{cfg.calibration.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         result = train_and_evaluate(cfg, workdir, progress=not _NO_PROGRESS.value, overwrite=_OVERWRITE.value)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, RunDirLocked) as e:
         fail(e)
     except MemoryError:
         fail("out of memory: lower grpo.instances_per_step x grpo.group_size, eval.batch_size or the model size")

@@ -190,16 +190,20 @@ def test_grid_runs_share_caches_that_do_not_change_results(tmp_path, monkeypatch
     assert seen["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
 
 
-def test_route_weight_override_reaches_the_calibration_config():
-    from recal_jax.training.components import calibration_config
+def calibration_config(c, num_datasets, cost_ref):
+    """The CalibrationConfig a run of ConfigDict `c` calibrates with (its parsed section, built)."""
+    from recal_jax.training.run_config import parse_config
 
+    cfg = parse_config(c, check_paths=False, check_devices=False)
+    return cfg.calibration.build(num_datasets, cost_ref, cfg.reward.route_rule)
+
+
+def test_route_weight_override_reaches_the_calibration_config():
     c = run_grid.build_run_config(_grid(), run_grid.GridRun("synthetic", "recal", 0, 0.75))
     assert calibration_config(c, num_datasets=7, cost_ref=1.0).weights == (0.5, 1.0, 0.25, 0.75, 0.1)
 
 
 def test_router_r1_sweeps_its_alpha():
-    from recal_jax.training.components import calibration_config
-
     assert grid_layout.own_route_weight("router_r1") == 0.0  # its preset alpha is 0
     assert [grid_layout.router_r1_alpha(w) for w in (0, 0.25, 0.5, 1)] == pytest.approx([0, 0.2, 1 / 3, 0.5])
     runs = run_grid.expand_grid(_grid(presets=("router_r1", "recal"), seeds=(0,), route_weights=(0.0, 0.25)))

@@ -1,10 +1,17 @@
+import fcntl
 import json
 import math
+import os
+import subprocess
+import sys
 
+import ml_collections
 import numpy as np
+import pytest
 
+from recal_jax.evaluation import run_dir
 from recal_jax.evaluation.stability import stability
-from recal_jax.evaluation.run_dir import RunDir, flatten_metrics
+from recal_jax.evaluation.run_dir import RunDir, RunDirLocked, RunLock, config_differences, flatten_metrics
 
 
 def test_flatten_metrics_nests_and_expands_arrays():
@@ -80,3 +87,84 @@ def test_fresh_start_and_sft_eval(tmp_path):
     rd.start_fresh()
     assert rd.read_sft_eval() is None
     assert [r["phase"] for r in rd.read_metrics()] == ["sft"]
+
+
+# ---------------------------------------------------------------- one run per directory
+
+# A second process that takes the lock; run_dir.py is loaded by path (no JAX import: fast).
+_HOLDER = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("run_dir", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+mod.RunLock(sys.argv[2]).acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def _free_for_others(workdir) -> bool:
+    """Whether a fresh open file description can take the lock (as another process would)."""
+    fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_run_lock_refuses_a_second_process_until_the_holder_dies(tmp_path):
+    workdir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, run_dir.__file__, str(workdir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirLocked) as err:
+            RunLock(workdir).acquire()
+        assert str(workdir) in str(err.value) and f"pid {holder.pid} " in str(err.value)
+        assert run_dir.lock_holder(workdir) == holder.pid
+    finally:
+        holder.kill()  # a crash: the OS drops the lock
+        holder.wait(timeout=10)
+    with RunLock(workdir) as lock:
+        assert lock.held and not _free_for_others(workdir)
+        assert run_dir.lock_holder(workdir) == os.getpid()
+    assert not lock.held and _free_for_others(workdir)
+
+
+def test_run_lock_is_reentrant_in_one_process(tmp_path):
+    outer = RunLock(tmp_path).acquire()
+    with RunLock(tmp_path):  # e.g. the grid worker, then the pipeline it calls
+        assert not _free_for_others(tmp_path)
+    assert not _free_for_others(tmp_path)  # the outer holder still has it
+    outer.release()
+    outer.release()  # a second release is a no-op
+    assert _free_for_others(tmp_path)
+
+
+SAFE = ("grpo.steps", "grpo.stop_at_step", "eval.", "checkpoint.")
+
+
+def test_config_differences_names_the_dotted_keys():
+    stored = {"seed": 0, "grpo": {"steps": 10, "learning_rate": 3e-4, "kl_coef": 0.0},
+              "calibration": {"preset": "recal", "weights": [0.5, 1.0]}, "eval": {"every": 5}}
+    new = {"seed": 0, "grpo": {"steps": 20, "learning_rate": 0.1, "kl_coef": 0.0, "steps_per_eval": 2},
+           "calibration": {"preset": "grpo", "weights": (0.5, 1.0)}, "eval": {"every": 7, "after_sft": True},
+           "checkpoint": {"keep": 3}}
+    assert config_differences(stored, new, SAFE) == ["calibration.preset", "grpo.learning_rate",
+                                                     "grpo.steps_per_eval"]
+    assert config_differences(stored, stored, SAFE) == []
+    assert config_differences(stored, new, ()) == sorted(
+        ["calibration.preset", "checkpoint.keep", "eval.after_sft", "eval.every", "grpo.learning_rate",
+         "grpo.steps", "grpo.steps_per_eval"])
+
+
+def test_config_differences_compares_as_config_json_stores():
+    new = ml_collections.ConfigDict({"grpo": {"max_grad_norm": math.inf, "weights": (1, 2)}, "pool": {}})
+    stored = json.loads(json.dumps(run_dir._to_jsonable(new.to_dict())))  # inf -> null, tuple -> list
+    assert config_differences(stored, new, ()) == []
+    stored["pool"] = {"endpoints": "e.json"}
+    del stored["grpo"]["weights"]
+    assert config_differences(stored, new, ()) == ["grpo.weights", "pool", "pool.endpoints"]

@@ -1,6 +1,7 @@
 """OpenAIPool end to end through the local pool server, with injected faults."""
 
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -121,3 +122,89 @@ def test_serve_binds_only_localhost():
         serve(SIM, host="0.0.0.0", port=8123)
     with pytest.raises(ValueError, match="unknown fault"):
         FaultConfig(schedule=("explode",))
+
+
+# ---------------------------------------------------------------- malformed requests: 400 with a JSON error
+
+
+def _post(base_url, body, timeout=5):
+    """(status, parsed JSON body) of a raw POST to chat/completions."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(base_url + "/chat/completions", data=data,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _user(content):
+    return {"model": "small", "messages": [{"role": "user", "content": content}]}
+
+
+MALFORMED = [
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b'{"model": "small", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "not valid JSON"),
+    ([1, 2], "must be a JSON object"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "'model' must be a non-empty string"),
+    ({"model": 7, "messages": [{"role": "user", "content": "hi"}]}, "'model' must be a non-empty string"),
+    ({"model": "small", "messages": "hi"}, "'messages' must be a list"),
+    ({"model": "small", "messages": ["hi"]}, "messages[0] must be an object, got string"),
+    ({"model": "small", "messages": [{"role": "system", "content": "hi"}]}, "no user message"),
+    (_user(12), "content must be a string or a list of parts, got number"),
+    (_user(None), "content must be a string or a list of parts, got null"),
+    (_user(["hi"]), "content part 0 must be an object, got string"),
+    (_user([{"type": "text", "text": "a"}, {"type": "text", "text": 5}]),
+     "content part 1: 'text' must be a string, got number"),
+    (_user([{"type": "text", "text": None}]), "'text' must be a string, got null"),
+    (_user([{"text": ["a"]}]), "'text' must be a string, got array"),
+    (_user("\ud800"), "not valid Unicode"),
+]
+
+
+def test_every_malformed_request_is_a_400_with_a_json_error():
+    with running_server(SIM) as srv:
+        for body, message in MALFORMED:
+            status, reply = _post(srv.base_url, body)
+            assert status == 400, (body[:80], reply)
+            assert reply["error"]["type"] == "invalid_request_error" and message in reply["error"]["message"]
+        # image parts add no text; the text parts are the query
+        status, reply = _post(srv.base_url, _user([{"type": "image_url", "image_url": {"url": "x"}},
+                                                   {"type": "text", "text": "question number 1?"}]))
+        assert status == 200 and reply["choices"][0]["message"]["content"]
+        assert srv.counters.served == 1
+
+
+def test_an_unknown_model_is_echoed_cut_short():
+    with running_server(SIM) as srv:
+        status, reply = _post(srv.base_url, {"model": "m" * 100_000, "messages": [{"role": "user", "content": "hi"}]})
+    message = reply["error"]["message"]
+    assert status == 404 and reply["error"]["type"] == "model_not_found"
+    assert "m" * 80 + "..." in message and "m" * 81 not in message
+    assert len(message) < 200
+
+
+def test_serves_a_log_directory_in_the_readme_format(tmp_path):
+    """train/test records without a header line and a separate pool.json."""
+    from recal_jax.routing.server import load_served_log
+
+    rec = lambda i, q, s: json.dumps({"id": i, "dataset": "trivia", "question": q, "golden_answers": [],  # noqa: E731
+                                      "scores": {"small": s, "large": 1}})
+    (tmp_path / "train.jsonl").write_text(rec("a", "Who wrote Hamlet?", 1) + "\n")
+    (tmp_path / "test.jsonl").write_text(rec("b", "Who painted The Night Watch?", 0) + "\n")
+    (tmp_path / "pool.json").write_text(json.dumps({"small": {"price_in": 0.1, "price_out": 0.2},
+                                                    "large": {"price_in": 2, "price_out": 2}}))
+    log = load_served_log(tmp_path)
+    assert [r.id for r in log.records] == ["a", "b"] and log.model_names == ("small", "large")
+    one = load_served_log(tmp_path / "test.jsonl", tmp_path / "pool.json")  # one headerless file and --pool
+    assert [r.id for r in one.records] == ["b"] and one.model_names == log.model_names
+    with pytest.raises(ValueError, match="no routing_log header"):
+        load_served_log(tmp_path / "test.jsonl")
+    with running_server(ReplayPool(log), records=log) as srv:
+        status, reply = _post(srv.base_url, {"model": "large", "messages": [
+            {"role": "user", "content": "Who painted The Night Watch?"}]})
+        assert status == 200 and reply["model"] == "large"
+        status, _ = _post(srv.base_url, {"model": "large", "messages": [{"role": "user", "content": "unknown?"}]})
+        assert status == 400  # replay needs a logged record

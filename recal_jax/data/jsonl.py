@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from recal_jax.data.schema import PROTOCOLS, DataError, ModelInfo, RoutingLog, RoutingRecord
+from recal_jax.data.schema import PROTOCOLS, DataError, ModelInfo, RoutingLog, RoutingRecord, check_model_name
 
 Located = list[tuple[str, RoutingRecord]]  # (where: "file:line", record)
 
@@ -45,6 +45,7 @@ def pool_from_json(obj, where: str = "pool") -> dict[str, ModelInfo]:
                         "{price_in, price_out, description}")
     out = {}
     for name, spec in obj.items():
+        check_model_name(name, where)
         if not isinstance(spec, Mapping):
             raise DataError(f"{where}: model {name!r} must map to an object")
         unknown = set(spec) - {"price_in", "price_out", "description"}
@@ -73,6 +74,8 @@ def read_pool_json(path: str | os.PathLike) -> dict[str, ModelInfo]:
         raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: {json_problem(e)}") from None
     return pool_from_json(obj, where=str(path))
 
 
@@ -95,6 +98,14 @@ def write_log_jsonl(log: RoutingLog, path: str | os.PathLike) -> None:
             f.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
 
 
+def json_problem(e: Exception) -> str:
+    """What json.loads' non-syntax errors mean: nesting deeper than Python's recursion limit,
+    or an integer longer than Python's int-string conversion limit."""
+    if isinstance(e, RecursionError):
+        return "invalid JSON: nested too deeply"
+    return f"invalid JSON: {' '.join(str(e).split())[:120]}"
+
+
 def iter_jsonl_objects(path: str | os.PathLike):
     """(line number, object) for each non-blank line of a JSONL file. Invalid UTF-8, a line
     that is not JSON, or one that is not a JSON object is a DataError naming file and line."""
@@ -111,6 +122,8 @@ def iter_jsonl_objects(path: str | os.PathLike):
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+            except (ValueError, RecursionError) as e:
+                raise DataError(f"{path}:{lineno}: {json_problem(e)}") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 
 from recal_jax.data.jsonl import (
-    assemble_log, dataset_parts, default_protocol, first_seen, iter_jsonl_objects, load_dataset_file, pool_from_json,
-    read_jsonl_parts, read_pool_json,
+    assemble_log, dataset_parts, default_protocol, first_seen, iter_jsonl_objects, json_problem, load_dataset_file,
+    pool_from_json, read_jsonl_parts, read_pool_json,
 )
 from recal_jax.data.schema import (
     ESTIMATED_COMPLETION_TOKENS, ESTIMATED_PROMPT_TOKENS, PROTOCOLS, DataError, ModelInfo, RoutingLog, RoutingRecord,
+    check_model_name,
 )
 from recal_jax.data.suite import Suite, random_split
 
@@ -52,6 +53,8 @@ def _read_json(path: Path):
         return json.loads(_require(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"malformed JSON in {path} at line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"malformed JSON in {path}: {json_problem(e)}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -90,15 +93,19 @@ def load_dcrouter(path) -> Suite:
                 raise DataError(f"malformed {llm / f'query_{split}.jsonl'}: record without query/task_name")
             queries.setdefault(q["query"], q)
         if models is None:
-            names = list(rows[0]["scores"]) if rows else []
+            names = [check_model_name(n, str(llm / f"dcrouter_{split}.json"))
+                     for n in (rows[0]["scores"] if rows else [])]
             missing = [n for n in names if n not in candidates]
             if missing:
                 raise DataError(f"{llm / 'llm_candidates.json'} lacks model(s) {missing}")
-            models = {
-                n: ModelInfo(n, float(candidates[n]["input_price"]), float(candidates[n]["output_price"]),
-                             str(candidates[n].get("feature", "")))
-                for n in names
-            }
+            try:
+                models = {
+                    n: ModelInfo(n, float(candidates[n]["input_price"]), float(candidates[n]["output_price"]),
+                                 str(candidates[n].get("feature", "")))
+                    for n in names
+                }
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(f"{llm / 'llm_candidates.json'}: {e}") from None
         costs = {n: (m.price_in * ESTIMATED_PROMPT_TOKENS + m.price_out * ESTIMATED_COMPLETION_TOKENS) / 1e6
                  for n, m in models.items()}
         records = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
+from recal_jax.data.schema import RoutingRecord
 from recal_jax.data.loaders import load_dcrouter, load_jsonl_dir, load_nq_pool6, load_qa7
 from recal_jax.data.suite import Suite
 from recal_jax.data.synthetic import make_synthetic
@@ -44,7 +45,10 @@ class SuiteSpec:
     needs_data_dir: it reads logged data from --config.data_dir. pool: the pool registry's
     default for it ('auto': replay when the log has scores, else simulated). options: a frozen
     dataclass of the suite's own settings (config.<name>), validated in __post_init__ by
-    raising OptionError; None when the suite has none."""
+    raising OptionError; None when the suite has none. multi_hop: Suite -> the datasets whose
+    questions need two or more calls (summary.json's multi_hop_datasets). planner: SuiteRequest ->
+    (record -> Plan or None), how a question decomposes into sub-questions (the SFT rule
+    'decompose_random' demonstrates it)."""
 
     name: str
     load: Callable[[SuiteRequest], Suite]
@@ -53,6 +57,17 @@ class SuiteSpec:
     pool: str = "auto"
     options: type | None = None
     description: str = ""
+    multi_hop: Callable[[Suite], tuple[str, ...]] | None = None
+    planner: Callable[[SuiteRequest], Callable[[RoutingRecord], "Plan | None"]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A question's decomposition: ask templates[0] about `subject`, then each next template
+    about the previous reply's answer ("{x}" is the slot); the last reply's answer is final."""
+
+    subject: str
+    templates: tuple[str, ...]
 
 
 SUITES: dict[str, SuiteSpec] = {}

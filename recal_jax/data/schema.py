@@ -21,10 +21,44 @@ class DataError(ValueError):
 ESTIMATED_PROMPT_TOKENS = 128
 ESTIMATED_COMPLETION_TOKENS = 128
 
+# Plausibility limits of logged money. The dearest calls today (a long-context frontier model
+# writing a long reply) cost a few USD and list prices stay under ~1000 USD per 1M tokens; a
+# logged value past these is a unit or typing error, and a huge one (1e300) would make every
+# other call look free (costs are divided by the dearest model's mean call cost).
+MAX_CALL_COST_USD = 100.0
+MAX_PRICE_USD_PER_M = 10_000.0
+
+# Model names are pasted into prompts and tokenized as one special token each, so a name
+# must not contain '<' or '>': that excludes the protocol tags (<search>, </answer>, ...) and
+# the tokenizer's special tokens (<pad>, <eos>, a HF tokenizer's <|...|> tokens). ':' is
+# allowed: the protocol parser matches the longest pool name before the ':' of `NAME : QUERY`.
+MAX_MODEL_NAME_CHARS = 200
+
 
 def estimate_tokens(text: str) -> int:
     """Token-count estimate for text without logged usage: ceil(characters / 4), at least 1."""
     return max(1, math.ceil(len(text) / 4))
+
+
+def check_model_name(name, where: str) -> str:
+    """`name` if it is a usable model name, else a DataError starting with `where` (the file):
+    a non-empty str of at most MAX_MODEL_NAME_CHARS printable characters (no newline, tab or
+    other control character), no whitespace at either end, no '<' or '>'."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"{where}: a model name must be a non-empty string, got {_short(name)}")
+    problem = None
+    if len(name) > MAX_MODEL_NAME_CHARS:
+        problem = f"is longer than {MAX_MODEL_NAME_CHARS} characters"
+    elif name != name.strip():
+        problem = "has whitespace at its start or end"
+    elif not name.isprintable():
+        problem = "contains a newline, tab or other control character"
+    elif "<" in name or ">" in name:
+        problem = ("contains '<' or '>', which the routing protocol's tags (<search>, </answer>, ...) "
+                   "and the tokenizer's special tokens (<pad>, <eos>, ...) use")
+    if problem:
+        raise DataError(f"{where}: model name {_short(name)} {problem}")
+    return name
 
 
 def price_usd(info: "ModelInfo", prompt_tokens: int, completion_tokens: int) -> float:
@@ -42,12 +76,12 @@ class ModelInfo:
     description: str = ""
 
     def __post_init__(self):
-        if not self.name or not isinstance(self.name, str):
-            raise ValueError(f"ModelInfo.name must be a non-empty string, got {self.name!r}")
+        check_model_name(self.name, "ModelInfo")
         for field in ("price_in", "price_out"):
             value = getattr(self, field)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"ModelInfo {self.name!r}: {field} must be a finite number >= 0, got {value!r}")
+            if not _number_in(value, MAX_PRICE_USD_PER_M):
+                raise ValueError(f"ModelInfo {self.name!r}: {field} must be a number in [0, {MAX_PRICE_USD_PER_M:g}] "
+                                 f"(USD per 1M tokens), got {_short(value)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +112,9 @@ class RoutingRecord:
                 raise ValueError(f"record {self.id!r}: score of {name!r} is not a finite number: {score!r}")
         if self.costs is not None:
             for name, cost in self.costs.items():
-                if not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0:
-                    raise ValueError(f"record {self.id!r}: cost of {name!r} must be finite and >= 0: {cost!r}")
+                if not _number_in(cost, MAX_CALL_COST_USD):
+                    raise ValueError(f"record {self.id!r}: cost of {name!r} must be in [0, {MAX_CALL_COST_USD:g}] "
+                                     f"USD: {_short(cost)}")
 
     def to_json(self) -> dict:
         out = {
@@ -116,13 +151,25 @@ class RoutingRecord:
             id=str(rid), dataset=obj["dataset"], question=obj["question"], golden_answers=tuple(golds),
             scores=_number_map(obj["scores"], "scores", where, high=1.0),
             responses=_text_map(obj.get("responses"), where),
-            costs=None if obj.get("costs") is None else _number_map(obj["costs"], "costs", where, high=math.inf),
+            costs=None if obj.get("costs") is None else _number_map(obj["costs"], "costs", where,
+                                                                    high=MAX_CALL_COST_USD),
         )
 
 
 def _short(value, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _number_in(value, high: float) -> bool:
+    """A real number (not a bool) in [0, high]; ints too large for a float are not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(value) and 0.0 <= value <= high
 
 
 def _number_map(obj, field: str, where: str, *, high: float) -> dict[str, float]:
@@ -133,9 +180,10 @@ def _number_map(obj, field: str, where: str, *, high: float) -> dict[str, float]
     for name, value in obj.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DataError(f"{where}: {field}[{name!r}] must be a number, got {type(value).__name__} {_short(value)}")
-        if not (math.isfinite(value) and 0.0 <= value <= high):
-            bounds = "in [0, 1]" if high == 1.0 else "finite and >= 0"
-            raise DataError(f"{where}: {field}[{name!r}] must be {bounds}, got {value!r}")
+        if not _number_in(value, high):
+            bounds = (f"finite and >= 0, at most {high:g} USD per call (MAX_CALL_COST_USD)" if field == "costs"
+                      else f"in [0, {high:g}]")
+            raise DataError(f"{where}: {field}[{_short(name)}] must be {bounds}, got {_short(value)}")
         out[str(name)] = float(value)
     return out
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import pathlib
-from typing import Any, Mapping
+import socket
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -180,3 +182,113 @@ class RunDir:
             self._tb.close()
             self._tb = None
         self._compact()
+
+
+# --------------------------------------------------------------------------- one run per directory
+
+LOCK_FILE = ".lock"
+
+
+class RunDirLocked(RuntimeError):
+    """Another process holds the run directory's RunLock."""
+
+
+_HELD: dict[str, list] = {}  # lock file path -> [fd, holders in this process]
+
+
+class RunLock:
+    """An exclusive lock on a run directory: fcntl.flock (non-blocking) on `<workdir>/.lock`,
+    so a second process on the same directory fails at once with RunDirLocked naming the
+    holder's pid. The OS releases the lock when its holder dies (kill -9 included), so no
+    stale lock survives a crash. The file stays (deleting it would let two processes lock
+    two different files of the same name). Reentrant within a process: a worker and the
+    pipeline it calls may both take it. flock is per host: on a shared file system only
+    one process of a multi-host run should take it."""
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir = pathlib.Path(workdir)
+        self.path = self.workdir / LOCK_FILE
+        self._key = None
+
+    @property
+    def held(self) -> bool:
+        return self._key is not None
+
+    def acquire(self) -> "RunLock":
+        if self.held:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        key = os.path.realpath(self.path)
+        if key in _HELD:
+            _HELD[key][1] += 1
+        else:
+            fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirLocked(f"run directory {self.workdir} is in use by another process (pid {holder}); "
+                                   "wait for it to end or stop it") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+            _HELD[key] = [fd, 1]
+        self._key = key
+        return self
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        entry = _HELD[self._key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _HELD[self._key]
+            fcntl.flock(entry[0], fcntl.LOCK_UN)
+            os.close(entry[0])
+        self._key = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_holder(workdir: str | os.PathLike) -> int | None:
+    """The pid the RunLock file of `workdir` names: its holder, or its latest one (None: none)."""
+    try:
+        return int((pathlib.Path(workdir) / LOCK_FILE).read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _flat_config(config: Mapping[str, Any] | Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': (1, 2)}} -> {'a.b': [1, 2]}: dotted keys, values as config.json holds them
+    (tuples as lists, non-finite floats as None); an empty section is a value ({})."""
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat_config(value, f"{name}."))
+        else:
+            flat[name] = _to_jsonable(value)
+    return flat
+
+
+def _is_safe(key: str, safe_prefixes: Sequence[str]) -> bool:
+    """`key` is a safe prefix or lies under one ('eval.' covers eval.every; 'grpo.steps' covers
+    grpo.steps itself, not grpo.steps_per_eval)."""
+    return any(key == p or key.startswith(p if p.endswith(".") else p + ".") for p in safe_prefixes)
+
+
+def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any], safe_prefixes: Sequence[str]) -> list[str]:
+    """The dotted keys whose values differ between two nested configs (a key present on one
+    side only differs), without those under `safe_prefixes`, sorted. Values compare as
+    config.json holds them, so a stored list equals a new tuple."""
+    a, b = _flat_config(stored), _flat_config(new)
+    differ = (k for k in set(a) | set(b) if k not in a or k not in b or a[k] != b[k])
+    return sorted(k for k in differ if not _is_safe(k, safe_prefixes))

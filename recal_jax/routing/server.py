@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from recal_jax.data.schema import RoutingLog, RoutingRecord
+from recal_jax.data.schema import DataError, RoutingLog, RoutingRecord
 from recal_jax.routing.answers import normalize_answer
 from recal_jax.routing.pools.base import Pool, estimate_tokens
 
@@ -66,17 +66,59 @@ class ServerCounters:
     faults: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
-def _user_query(messages) -> str | None:
+class _BadRequest(ValueError):
+    """A malformed chat request, answered with a 400 that carries this message."""
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters with an ellipsis: what an error may echo of user input."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json_type(value) -> str:
+    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+             dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _text_of(content) -> str:
+    """A message's text: a string, or a list of parts whose text parts ({"type": "text",
+    "text": str}; a part without a type is a text part) are joined; other parts add nothing."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _BadRequest(f"message content must be a string or a list of parts, got {_json_type(content)}")
+    texts = []
+    for i, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise _BadRequest(f"content part {i} must be an object, got {_json_type(part)}")
+        if part.get("type", "text") != "text":
+            continue
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise _BadRequest(f"content part {i}: 'text' must be a string, got {_json_type(text)}")
+        texts.append(text)
+    return "".join(texts)
+
+
+def _user_query(messages) -> str:
+    """The text of the last user message, or _BadRequest."""
     if not isinstance(messages, list):
-        return None
-    for m in reversed(messages):
-        if isinstance(m, dict) and m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-                return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return None
+        raise _BadRequest("'messages' must be a list of message objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _BadRequest(f"messages[{i}] must be an object, got {_json_type(m)}")
+    users = [m for m in messages if m.get("role") == "user"]
+    if not users:
+        raise _BadRequest("'messages' has no user message")
+    return _text_of(users[-1].get("content"))
+
+
+def _check_unicode(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _BadRequest(f"{what} is not valid Unicode (a lone surrogate escape)") from None
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -145,13 +187,19 @@ async def _read_request(request: Request) -> tuple[str, str] | JSONResponse:
     """(model, query) of a chat request, or the 400 error to answer with."""
     try:
         body = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python's limit
         return _error(400, "request body is not valid JSON", "invalid_request_error")
-    if not isinstance(body, dict):
-        return _error(400, "request body must be a JSON object", "invalid_request_error")
-    model, query = body.get("model"), _user_query(body.get("messages"))
-    if not isinstance(model, str) or query is None:
-        return _error(400, "need a string 'model' and a user message", "invalid_request_error")
+    try:
+        if not isinstance(body, dict):
+            raise _BadRequest("request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest("'model' must be a non-empty string")
+        query = _user_query(body.get("messages"))
+        _check_unicode(model, "'model'")
+        _check_unicode(query, "the user message")
+    except _BadRequest as e:
+        return _error(400, str(e), "invalid_request_error")
     return model, query
 
 
@@ -173,7 +221,7 @@ async def _injected_fault(fault: str | None, faults: FaultConfig, counters: Serv
 async def _completion(pool: Pool, index: RecordIndex, counters: ServerCounters, model: str, query: str):
     """Serve one chat completion from the pool (OpenAI's response format)."""
     if model not in pool.model_names:
-        return _error(404, f"unknown model {model!r}; pool has {list(pool.model_names)}", "model_not_found")
+        return _error(404, f"unknown model {clip(model)!r}; pool has {list(pool.model_names)}", "model_not_found")
     record = index.find(query)
     if record is None and pool.needs_record:
         return _error(400, "no record matches the question", "invalid_request_error")
@@ -264,19 +312,46 @@ def running_server(pool: Pool, *, records=None, faults: FaultConfig | None = Non
         sock.close()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m recal_jax.routing.server LOG.jsonl [--port 8000]`: serve a replay pool over a
-    routing log (see recal_jax.data.jsonl) as an OpenAI-compatible endpoint on 127.0.0.1."""
-    import argparse
+def load_served_log(path, pool_path=None) -> RoutingLog:
+    """The log `main` serves: a directory in the README's "Bring your own log" format (train
+    and test records, pool.json; read by load_jsonl_dir), both splits' records together; or one
+    JSONL file, whose pool is `pool_path` (a pool.json) or its header line."""
+    import pathlib
 
-    from recal_jax.data.jsonl import read_log_jsonl
+    from recal_jax.data.jsonl import read_log_jsonl, read_pool_json
+    from recal_jax.data.loaders import load_jsonl_dir
+
+    if pathlib.Path(path).is_dir():
+        if pool_path is not None:
+            raise DataError(f"--pool is for a single JSONL file; the directory {path} has its own pool.json")
+        suite = load_jsonl_dir(path)
+        return suite.train.subset(suite.train.records + suite.test.records, name=pathlib.Path(path).name)
+    return read_log_jsonl(path, models=None if pool_path is None else read_pool_json(pool_path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m recal_jax.routing.server LOG [--pool pool.json] [--port 8000]`: serve a replay
+    pool over a routing log as an OpenAI-compatible endpoint on 127.0.0.1. LOG is a log
+    directory (train/test records and pool.json, as in the README's "Bring your own log") or
+    one JSONL file (recal_jax.data.jsonl) with a header line or --pool. A bad log is one line
+    on stderr and exit status 2."""
+    import argparse
+    import sys
+
     from recal_jax.routing.pools import ReplayPool
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("log", help="routing log in JSONL (header line with the pool, then records)")
+    parser.add_argument("log", help="log directory (train/test + pool.json) or JSONL file")
+    parser.add_argument("--pool", default=None, help="pool.json of a JSONL file without a header line")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    log = read_log_jsonl(args.log)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
+    try:
+        log = load_served_log(args.log, args.pool)
+    except DataError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
     serve(ReplayPool(log), port=args.port, records=log.records)
 
 

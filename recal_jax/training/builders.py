@@ -31,11 +31,14 @@ log = logging.getLogger(__name__)
 def load_suite(cfg: RunConfig) -> Suite:
     """The configured suite (its registry entry's loader), under --config.protocol when set,
     capped at max_*_instances. Data problems raise DataError naming the file (and line)."""
-    spec = SUITES[cfg.run.suite]
-    request = SuiteRequest(data_dir=cfg.run.data_dir, seed=cfg.run.seed, protocol=cfg.run.protocol,
-                           options=cfg.suite_options)
-    suite = _with_protocol(spec.load(request), cfg.run.protocol)
+    suite = _with_protocol(SUITES[cfg.run.suite].load(suite_request(cfg)), cfg.run.protocol)
     return _capped(suite, cfg.run.max_train_instances, cfg.run.max_test_instances)
+
+
+def suite_request(cfg: RunConfig) -> SuiteRequest:
+    """What the suite's loader (and planner) of the registry get from the config."""
+    return SuiteRequest(data_dir=cfg.run.data_dir, seed=cfg.run.seed, protocol=cfg.run.protocol,
+                        options=cfg.suite_options)
 
 
 def resolve_answer_metric(metric: str, log_: RoutingLog) -> str:

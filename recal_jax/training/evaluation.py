@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Callable
 
 from recal_jax.evaluation.evaluate import evaluate_policy
 from recal_jax.evaluation.reference_routers import reference_routers
+import recal_jax.evaluation.decomposers  # noqa: F401  (registers the compose world's references)
 from recal_jax.evaluation.router_result import RouterResult
+from recal_jax.evaluation.suite_references import suite_references
 from recal_jax.training.components import eval_sampling
 
 if TYPE_CHECKING:
@@ -20,10 +22,18 @@ def evaluate(run: "Run", params, key, on_batch: Callable | None = None) -> dict:
                            sampling=eval_sampling(run.cfg.eval, run.cfg.grpo), on_batch=on_batch)
 
 
-def references(run: "Run") -> dict[str, RouterResult]:
-    """The reference routers on the test split, trained on the train split (cached with eval.reference_cache_dir)."""
-    return reference_routers(run.suite.test, run.suite.train, seed=run.cfg.run.seed,
+def references(run: "Run") -> tuple[dict[str, RouterResult], dict[str, dict]]:
+    """(RouterResults, their summary.json entries): the reference routers on the test split,
+    trained on the train split (cached with eval.reference_cache_dir), then the suite's own
+    registered references (e.g. the compose world's decomposers) on the run's test pool."""
+    refs = reference_routers(run.suite.test, run.suite.train, seed=run.cfg.run.seed,
                              cache_dir=run.cfg.eval.reference_cache_dir or None)
+    entries = {k: v.to_json() for k, v in refs.items()}
+    extra = suite_references(run.cfg.run.suite, run.suite.test, run.test_runner.engine.pool, run.cfg.run.seed,
+                             run.cfg.suite_options)
+    for name, ref in extra.items():
+        refs[name], entries[name] = ref.result, ref.to_json()
+    return refs, entries
 
 
 def truncated_questions(run: "Run") -> dict[str, int]:

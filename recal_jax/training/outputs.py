@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import pathlib
+
+import jax
 import shutil
 from typing import TYPE_CHECKING, Any
 
+from recal_jax.data.registry import SUITES
 from recal_jax.evaluation.plots import plot_accuracy_vs_cost, plot_training_curves
 from recal_jax.evaluation.rollout_export import RolloutCollector, export_rollouts
-from recal_jax.evaluation.run_dir import RunDir
+from recal_jax.evaluation.run_dir import RunDir, RunLock
 from recal_jax.evaluation.stability import stability
 from recal_jax.models import save_pretrained
 from recal_jax.training import evaluation
@@ -33,10 +36,12 @@ RUN_OUTPUTS = ("config.json", "metrics.jsonl", "summary.json", "eval_sft.json", 
                "export", "eval_rollouts", "training_curves.png", "accuracy_vs_cost.png")
 
 
-def claim_workdir(workdir: pathlib.Path, cfg: RunConfig, *, overwrite: bool) -> None:
+def claim_workdir(workdir: pathlib.Path, cfg: RunConfig, *, overwrite: bool) -> RunLock | None:
     """Checks that `workdir` can hold this run: a writable directory, empty of another run
     (config.json of a different config; see SAFE_TO_CHANGE), unless `overwrite`, which
-    deletes the earlier run's outputs. Raises ConfigError naming --workdir."""
+    deletes the earlier run's outputs. Raises ConfigError naming --workdir, RunDirLocked when
+    another process holds it. Returns the workdir's lock, held (process 0 of a multi-host run
+    only: flock is per host), to be released when the run ends."""
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir={str(workdir)!r}: is a file, not a directory")
     try:
@@ -46,6 +51,17 @@ def claim_workdir(workdir: pathlib.Path, cfg: RunConfig, *, overwrite: bool) -> 
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"--workdir={str(workdir)!r}: cannot write there ({e.strerror or e})") from None
+    lock = RunLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        _check_or_clear(workdir, cfg, overwrite)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def _check_or_clear(workdir: pathlib.Path, cfg: RunConfig, overwrite: bool) -> None:
     stored = workdir / "config.json"
     if overwrite:
         for name in RUN_OUTPUTS:
@@ -89,14 +105,14 @@ def finish(run: "Run", run_dir: RunDir, state, key, *, sft_policy: dict | None, 
         with timer.phase("export_rollouts"):
             summary["eval_rollouts"] = str(export_rollouts(collector, workdir / "eval_rollouts"))
     with timer.phase("references"):
-        refs = evaluation.references(run)
-    summary.update(policy=policy, references={k: v.to_json() for k, v in refs.items()},
+        refs, entries = evaluation.references(run)
+    summary.update(policy=policy, references=entries,
                    preset=cfg.calibration.preset, suite=cfg.run.suite, grpo_steps=int(state.data_position),
                    truncated_questions=evaluation.truncated_questions(run),
                    stability=stability(run_dir.read_metrics("train")))
-    multi_hop = getattr(run.suite, "multi_hop_datasets", ())
-    if multi_hop:
-        summary["multi_hop_datasets"] = list(multi_hop)
+    spec = SUITES[cfg.run.suite]
+    if spec.multi_hop is not None:
+        summary["multi_hop_datasets"] = list(spec.multi_hop(run.suite))
     if sft_policy is not None:
         summary["sft_policy"] = sft_policy
     with timer.phase("plots"):

@@ -38,17 +38,21 @@ def train_and_evaluate(config: Any, workdir, *, progress: bool = True, overwrite
     cfg = config if isinstance(config, RunConfig) else parse_config(config)
     workdir = pathlib.Path(workdir)
     with timer.phase("startup"):
-        outputs.claim_workdir(workdir, cfg, overwrite=overwrite)
-    run = set_up(cfg, timer)
-    run_dir = RunDir(workdir)
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
+        lock = outputs.claim_workdir(workdir, cfg, overwrite=overwrite)
     try:
-        run_dir.write_config(cfg.to_dict())  # after every check: a failed start leaves the old one
-        return _story(run, run_dir, ckpt, workdir, progress)
+        run = set_up(cfg, timer)
+        run_dir = RunDir(workdir)
+        ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
+        try:
+            run_dir.write_config(cfg.to_dict())  # after every check: a failed start leaves the old one
+            return _story(run, run_dir, ckpt, workdir, progress)
+        finally:
+            ckpt.close()
+            run_dir.close()
     finally:
-        ckpt.close()
-        run_dir.close()
         timer.close()
+        if lock is not None:
+            lock.release()
 
 
 def _story(run: Run, run_dir: RunDir, ckpt: Checkpointer, workdir: pathlib.Path, progress: bool) -> RunResult:

@@ -98,6 +98,8 @@ class SftSection:
     think: str = "fixed"  # sft_data.THINK_STYLES
     # > 0: stop SFT once the held-out answer-copy accuracy reaches this (steps = the cap)
     until_copy_accuracy: float = 0.0
+    # routing="decompose_random": the share of multi-hop questions demonstrated as one direct call
+    direct_share: float = 0.25
     heldout_questions: int = 40
     check_every: int = 50
     min_steps: int = 0
@@ -400,6 +402,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sft.query_style", _one_of(QUERY_STYLES), f"expected one of {QUERY_STYLES}"),
     ("sft.think", _one_of(THINK_STYLES), f"expected one of {THINK_STYLES}"),
     ("sft.until_copy_accuracy", _real(0.0, 1.0), "must lie in [0, 1] (0 = a fixed number of SFT steps)"),
+    ("sft.direct_share", _real(0.0, 1.0), "must lie in [0, 1]"),
     ("sft.heldout_questions", _N1, "must be >= 1"),
     ("sft.check_every", _N1, "must be >= 1"),
     ("sft.min_steps", _N0, "must be >= 0"),
@@ -477,6 +480,9 @@ def _check_data(cfg: RunConfig, check_paths: bool) -> None:
         raise _flag("sft.until_copy_accuracy", cfg.sft.until_copy_accuracy,
                     f"the held-out criterion measures the answer copy, which only multi_turn has "
                     f"(this run is {protocol}); use 0 and a fixed sft.steps")
+    if cfg.sft.routing == "decompose_random" and cfg.sft.steps and (spec.planner is None or protocol != "multi_turn"):
+        raise _flag("sft.routing", cfg.sft.routing, f"demonstrates decompositions, which need a suite that has a "
+                    f"planner and the multi_turn protocol (suite {spec.name!r} runs {protocol})")
     if cfg.reward.answer_metric == "score" and protocol == "multi_turn":
         raise _flag("reward.answer_metric", "score", f"'score' needs the single_call protocol; suite "
                     f"{spec.name!r} runs multi_turn here (use em or f1, or --config.protocol=single_call)")

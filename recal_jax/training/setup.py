@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from flax import nnx
 
 from recal_jax.calibration import CalibrationConfig
+from recal_jax.data.registry import SUITES
 from recal_jax.data.suite import Suite
 from recal_jax.models import ModelConfig, Tokenizer
 from recal_jax.rollout.runner import RolloutRunner
@@ -17,6 +18,7 @@ from recal_jax.rollout.sampler import Sampler
 from recal_jax.shapes import PROMPT_BUCKET
 from recal_jax.training import builders, components
 from recal_jax.training.mesh import make_mesh
+from recal_jax.training.builders import suite_request
 from recal_jax.training.run_config import ConfigError, RunConfig
 from recal_jax.training.timings import PhaseTimer
 
@@ -39,6 +41,7 @@ class Run:
     seq_len: int
     answer_metric: str
     timer: PhaseTimer
+    planner: Callable | None = None  # record -> Plan: how the suite's questions decompose (SuiteSpec.planner)
 
 
 def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
@@ -71,6 +74,8 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
             pool=builders.build_pool(cfg.pool, cfg, lg), log=lg, split=name, prompt_ids=prompts[name],
             seq_len=seq_len, answer_metric=answer_metric) for name, lg in logs.items()}
     calibration = cfg.calibration.build(len(suite.train.datasets), cost_ref, cfg.reward.route_rule)
-    return Run(cfg=cfg, suite=suite, tokenizer=tokenizer, model=model, model_config=model_config, mesh=mesh,
+    spec = SUITES[cfg.run.suite]
+    planner = spec.planner(suite_request(cfg)) if spec.planner is not None else None
+    return Run(planner=planner, cfg=cfg, suite=suite, tokenizer=tokenizer, model=model, model_config=model_config, mesh=mesh,
                train_runner=runners["train"], test_runner=runners["test"], calibration=calibration,
                seq_len=seq_len, answer_metric=answer_metric, timer=timer)

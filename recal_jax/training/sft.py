@@ -168,7 +168,8 @@ def demonstrations(run: "Run", sft: SftSection) -> list[Demonstration]:
     return build_demonstrations(
         run.suite.train, run.tokenizer.encode, runner.prompt_ids, reply, runner.engine.information_ids,
         rule=sft.routing, best_prob=sft.best_prob, query_style=sft.query_style, reply_swap=sft.reply_swap,
-        answer_weight=sft.answer_weight, think=sft.think, seed=run.cfg.run.seed,
+        answer_weight=sft.answer_weight, think=sft.think, seed=run.cfg.run.seed, planner=run.planner,
+        direct_share=sft.direct_share,
     )
 
 

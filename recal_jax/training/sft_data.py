@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from recal_jax.data.schema import RoutingLog, RoutingRecord
 
-ROUTING_RULES = ("random", "dataset_best", "mixed", "dataset_random")
+if TYPE_CHECKING:
+    from recal_jax.data.registry import Plan
+
+ROUTING_RULES = ("random", "dataset_best", "mixed", "dataset_random", "decompose_random")
+# decompose_random: questions with a plan of two or more sub-questions (a suite's planner) are
+# demonstrated as a chain of calls, one sub-question per call, each built from the previous reply;
+# every call goes to a random model (dataset_random's rule per hop template), so the
+# demonstrations say how to decompose, never which model is good. A share `direct_share` of
+# them, and every question without such a plan, is one direct call with the whole question.
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _LEAD_IN = re.compile(r"^(the answer is|final answer:|answer:|result:|it is|i believe)\s*", re.I)
 QUERY_STYLES = ("question", "fixed")
@@ -87,7 +95,7 @@ def choose_models(log: RoutingLog, rule: str, rng: np.random.Generator, best_pro
     names = log.model_names
     if rule in ("dataset_best", "mixed"):
         target = dataset_best_models(log)
-    elif rule == "dataset_random":
+    elif rule in ("dataset_random", "decompose_random"):
         target = {d: names[int(rng.integers(len(names)))] for d in log.datasets}
     else:
         target = {}
@@ -137,6 +145,8 @@ def build_demonstrations(
     answer_weight: float = 1.0,
     think: str = "fixed",
     seed: int = 0,
+    planner: Callable[[RoutingRecord], "Plan | None"] | None = None,
+    direct_share: float = 0.25,
 ) -> list[Demonstration]:
     """Demonstrations for every record of `log`.
 
@@ -150,30 +160,89 @@ def build_demonstrations(
     answer_weight: loss weight of the answer tokens; the rest of a demonstration is a fixed
     template learnt in a few steps, and a larger weight keeps the copy from being drowned out.
     think: THINK_STYLES, what the first <think> says (see `first_thought`).
+    planner, direct_share: the rule 'decompose_random' (see ROUTING_RULES).
     """
     if query_style not in QUERY_STYLES:
         raise ValueError(f"unknown SFT query style {query_style!r}; expected one of {QUERY_STYLES}")
     rng = np.random.default_rng(seed)
     models = choose_models(log, rule, rng, best_prob)
+    if rule == "decompose_random":
+        if planner is None:
+            raise ValueError("the SFT rule 'decompose_random' needs a suite whose registry entry has a planner")
+        chain = ChainDemos(log, planner, reply_fn, rng, best_prob=best_prob, direct_share=direct_share)
     demos = []
     for record, model in zip(log.records, models):
+        if rule == "decompose_random" and (plan := chain.plan(record)) is not None:
+            ids = list(prompt_ids(record))
+            segments = chain.segments(record, plan, encode, information_ids, extract_answer, answer_weight,
+                                      first_thought(record, think))
+            demos.append(_assemble(record, segments[0][2], ids, [(seg, w) for seg, w, _ in segments]))
+            continue
         query = record.question if query_style == "question" else FIXED_QUERY
         reply = reply_fn(model, query, record)
         if reply_swap and rng.random() < reply_swap:
             other = log.records[int(rng.integers(len(log)))]
             reply = reply_fn(log.model_names[int(rng.integers(len(log.model_names)))], query, other)
-        ids = list(prompt_ids(record))
-        mask = [0] * len(ids)
         segments = completion_segments(record, model, reply, log.protocol, encode, information_ids,
                                        extract_answer, query, answer_weight, first_thought(record, think))
-        for seg, by_policy in segments:
-            seg = list(seg)
-            ids += seg
-            mask += [by_policy] * len(seg)
-        # multi_turn ends with the <answer> segment copied out of the reply; single_call has none
-        span = (len(ids) - len(segments[-1][0]), len(ids)) if log.protocol == "multi_turn" else (0, 0)
-        demos.append(Demonstration(record.id, model, tuple(ids), tuple(mask), span))
+        demos.append(_assemble(record, model, list(prompt_ids(record)), segments,
+                               with_answer=log.protocol == "multi_turn"))
     return demos
+
+
+def _assemble(record: RoutingRecord, model: str, ids: list[int], segments, with_answer: bool = True) -> Demonstration:
+    """A Demonstration of the prompt `ids` followed by the (token ids, loss weight) segments;
+    with_answer: the last segment is the final answer (multi_turn; single_call has none)."""
+    mask = [0.0] * len(ids)
+    for seg, weight in segments:
+        seg = list(seg)
+        ids = ids + seg
+        mask += [weight] * len(seg)
+    span = (len(ids) - len(segments[-1][0]), len(ids)) if with_answer else (0, 0)
+    return Demonstration(record.id, model, tuple(ids), tuple(mask), span)
+
+
+class ChainDemos:
+    """The demonstrations of the rule 'decompose_random': per hop template a model drawn once
+    (used with probability best_prob, else a uniform draw), the reply of each call read for the
+    next sub-question's subject."""
+
+    def __init__(self, log: RoutingLog, planner, reply_fn, rng: np.random.Generator, *, best_prob: float,
+                 direct_share: float):
+        self.log, self.planner, self.reply_fn, self.rng = log, planner, reply_fn, rng
+        self.best_prob, self.direct_share = best_prob, direct_share
+        self.target: dict[str, str] = {}
+
+    def _model(self, key: str) -> str:
+        names = self.log.model_names
+        if key not in self.target:
+            self.target[key] = names[int(self.rng.integers(len(names)))]
+        pick = names[int(self.rng.integers(len(names)))]
+        return self.target[key] if self.rng.random() < self.best_prob else pick
+
+    def plan(self, record: RoutingRecord):
+        """The record's plan as a chain of one-hop calls, or a one-call plan (the whole question)."""
+        plan = self.planner(record)
+        if plan is None or len(plan.templates) < 2 or self.rng.random() < self.direct_share:
+            return None if plan is None else ("direct",)
+        return plan
+
+    def segments(self, record, plan, encode, information_ids, extract_answer, answer_weight, thought):
+        """[(token ids, loss weight, model of the call)]: calls, information blocks, the answer."""
+        if plan == ("direct",):
+            calls = [(self._model(record.dataset), record.question)]
+        else:
+            calls = [(self._model(template), template) for template in plan.templates]
+        out, subject, reply = [], plan.subject if plan != ("direct",) else "", ""
+        for k, (model, template) in enumerate(calls):
+            query = template if plan == ("direct",) else template.format(x=subject)
+            reply = self.reply_fn(model, query, record)
+            lead = f"{thought}\n" if k == 0 else ""
+            out.append((encode(f"{lead}<search> {model} : {query} </search>"), 1.0, model))
+            out.append((information_ids(reply), 0.0, model))
+            subject = extract_answer(reply)
+        out.append((encode(f"<answer> {extract_answer(reply)} </answer>"), answer_weight, calls[-1][0]))
+        return out
 
 
 def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:

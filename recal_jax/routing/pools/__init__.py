@@ -14,6 +14,8 @@ from recal_jax.routing.pools.openai_pool import Endpoint, OpenAIPool, PoolStats
 from recal_jax.routing.pools.replay import ReplayPool
 from recal_jax.routing.pools.simulated import SimulatedPool
 
+import recal_jax.routing.pools.compose_pool  # noqa: E402,F401  (registers the pool "compose")
+
 __all__ = [
     "Endpoint",
     "OpenAIPool",

@@ -1,0 +1,40 @@
+"""The compositional multi-turn world: a router that learns to decompose.
+
+Suite `compose` (recal_jax.data.compose): people, cities, countries and companies; one-hop
+questions ("where was X born?") and two-hop ones ("in which country was X born?"); five
+simulated models that answer the QUERY they receive (a sub-question built from an earlier
+reply is answered on its own merits), with skills per relation and a weaker one-call
+composition (recal_jax.data.compose.MODEL_TABLE, fixed before any RL run).
+
+SFT demonstrates the protocol and how each question form decomposes: the first <think> names
+the question's form, two-hop questions are asked as two one-hop sub-questions (the second built
+from the first reply) and one in four as one direct call, each call to a model drawn at random
+per hop template (sft.routing=decompose_random): nothing says which model is good. GRPO with
+ReCal (info, route and balance active, gated behind a correct answer) learns which model to ask
+per hop and when to decompose.
+
+    python -m launch.main --config=launch/configs/compose.py --config.seed=S
+"""
+
+from launch.configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.suite = "compose"
+    c.compose.n_train_per_dataset = 300
+    c.compose.n_test_per_dataset = 50
+    c.reward.answer_metric = "em"
+    c.calibration.preset = "recal"
+    c.sft.steps = 600
+    c.sft.routing = "decompose_random"
+    c.sft.query_style = "question"
+    c.sft.think = "dataset"
+    c.sft.reply_swap = 0.0  # replies come from the sub-question asked: nothing to learn by heart
+    c.sft.direct_share = 0.25
+    c.grpo.steps = 300
+    c.grpo.max_turns = 2
+    c.grpo.max_new_tokens_per_turn = 40
+    c.grpo.max_total_tokens = 112
+    c.grpo.max_info_tokens = 8
+    return c
