@@ -9,23 +9,25 @@ numbers are those that every run of that seed stores in summary.json (`reference
 
 from __future__ import annotations
 
-from typing import Callable
-
-from recal_jax.data.loaders import load_dcrouter, load_nq_pool6
+from recal_jax.data.registry import SUITES, SuiteRequest
 from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES
 from recal_jax.evaluation.reference_routers import reference_routers
 
-LOADERS: dict[str, Callable] = {"dcrouter": lambda path, seed: load_dcrouter(path),
-                                "nq_pool6": lambda path, seed: load_nq_pool6(path, seed=seed)}
+
+def load(suite: str, data_dir: str, seed: int):
+    """The suite of the registry (its default options), as a run of that seed loads it."""
+    spec = SUITES[suite]
+    options = spec.options() if spec.options is not None else None
+    return spec.load(SuiteRequest(data_dir=data_dir if spec.needs_data_dir else "", seed=seed, options=options))
 
 
 def baseline_lines(suite: str, data_dir: str, seeds: list[int]) -> list[str]:
     """One block per seed: the best single model, then each classical router's lambda sweep."""
-    if suite not in LOADERS:
-        raise ValueError(f"unknown suite {suite!r}; known: {sorted(LOADERS)}")
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; known: {sorted(SUITES)}")
     lines = []
     for seed in seeds:
-        data = LOADERS[suite](data_dir, seed)
+        data = load(suite, data_dir, seed)
         refs = reference_routers(data.test, data.train, seed=seed)
         best = refs["best_single"]
         lines.append(f"seed {seed}: {best.name}: accuracy {best.accuracy:.3f}, "
@@ -47,7 +49,7 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app, flags
 
-    _SUITE = flags.DEFINE_string("suite", "dcrouter", f"One of {sorted(LOADERS)}.")
+    _SUITE = flags.DEFINE_string("suite", "dcrouter", f"One of {sorted(SUITES)}.")
     _DATA_DIR = flags.DEFINE_string("data_dir", "../shared/data", "Directory holding llmrouter/.")
     _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds (each draws its own held-out slice of train).")
     app.run(main)

@@ -82,6 +82,37 @@ def peak_flops_per_device(device_kind: str) -> float | None:
     return None
 
 
+# Peak memory (HBM) bandwidth per device in bytes/s, from the vendors' data sheets;
+# (substring of device_kind, lower case) -> bandwidth. The first substring found wins, so
+# the specific kinds come first ("gh200" before "h200", "h100 pcie" before "h100").
+# The decode loop of a rollout is bound by it (experiments/bench_loop.py: every decode step
+# reads the parameters and the live KV cache once).
+HBM_BANDWIDTH: tuple[tuple[str, float], ...] = (
+    ("gh200", 4.0e12),  # GH200 with 96 GB HBM3 (the 144 GB HBM3e part has 4.9e12)
+    ("h200", 4.8e12),
+    ("h100 pcie", 2.0e12),
+    ("h100 nvl", 3.9e12),
+    ("h100", 3.35e12),  # SXM5
+    ("a100-sxm4-80gb", 2.039e12),
+    ("a100 80gb pcie", 1.935e12),
+    ("a100", 1.555e12),  # 40 GB
+    ("tpu v4", 1.2e12),
+    ("tpu v5 lite", 8.19e11),
+    ("tpu v5e", 8.19e11),
+    ("tpu v5p", 2.765e12),
+    ("tpu v5", 2.765e12),
+)
+
+
+def memory_bandwidth_per_device(device_kind: str) -> float | None:
+    """Peak memory bandwidth (bytes/s) of one device of `device_kind`, or None when unknown."""
+    kind = device_kind.lower()
+    for key, bandwidth in HBM_BANDWIDTH:
+        if key in kind:
+            return bandwidth
+    return None
+
+
 def flops_params(config: ModelConfig) -> int:
     """N of the FLOPs formula: all parameters but the input embedding table, plus the
     D x V output projection (counted even when tied to the embeddings)."""

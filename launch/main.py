@@ -13,8 +13,32 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_DEFAULT_CONFIG = str(pathlib.Path(__file__).parent / "configs" / "quickstart.py")
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file.")
+USAGE_ERROR = 2  # exit status of a config or data error
+
+
+def fail(message) -> None:
+    """One line on stderr, exit status 2 (an embedded traceback is cut to its last line)."""
+    text = str(message)
+    if "Traceback (most recent call last):" in text:
+        head, _, trace = text.partition("Traceback (most recent call last):")
+        text = head + trace.strip().splitlines()[-1]
+    print(f"error: {' '.join(text.split())}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def _define_config_flag():
+    """--config; ml_collections loads the default config and applies its --config.* overrides
+    while the flag is defined, so a flag naming an unknown field fails here: one line."""
+    default = str(pathlib.Path(__file__).parent / "configs" / "quickstart.py")
+    try:
+        return config_flags.DEFINE_config_file("config", default, "Experiment config file.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        key = str(e).strip("\"'")
+        culprit = next((a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and key in a), "--config.*")
+        fail(f"{culprit}: the config has no such field ({key}); see launch/configs/base.py for the fields")
+
+
+_CONFIG = _define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (default: runs/<suite>-<preset>-<time>).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete an earlier run's outputs in --workdir and start afresh.")
 _NO_PROGRESS = flags.DEFINE_bool("no_progress", False, "Hide the progress bars.")
@@ -22,15 +46,6 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", str(pathlib.Path.home() / ".cache" / "recal_jax" / "jax_compilation_cache"),
     "JAX's persistent compilation cache directory ('' turns it off): a second run of the same "
     "shapes skips XLA compiles.")
-
-USAGE_ERROR = 2  # exit status of a config or data error
-
-
-def fail(message: str) -> None:
-    """One line on stderr, exit status 2."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
-
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a bad flag (an unknown config key, a missing or broken config
@@ -69,6 +84,17 @@ def print_result(result) -> None:
     print(f"\nTest split, after {result.grpo_steps} GRPO steps ({result.preset}):\n"
           + results_table(result.policy, result.references, result.datasets, f"policy ({result.preset})"))
     print("\nRouting of the trained policy per dataset:\n" + route_summary(result.policy))
+    turns = result.summary.get("multi_turn")
+    if turns:
+        print("\nMulti-turn behaviour of the trained policy (test split):")
+        for group, g in turns.items():
+            if g["accuracy"] is None:
+                continue
+            refs = ", ".join(f"{name} {acc:.3f}" for name, acc in g["references"].items()
+                             if acc is not None and name in ("cheapest_correct", "linear", "best_single",
+                                                             "decomposer_best_per_hop", "decomposer_random_per_hop"))
+            print(f"  {group.replace('_', '-')} questions: accuracy {g['accuracy']:.3f}, {g['calls_per_question']:.2f} "
+                  f"calls per question, {g['multi_call_share']:.0%} in two or more calls ({refs})")
     print("\n" + format_breakdown(result.timings))
 
 
@@ -78,7 +104,11 @@ def main(argv):
     from recal_jax.evaluation.run_dir import RunDirLocked
     from recal_jax.training.run_config import ConfigError, parse_config
 
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        config.to_dict()  # a config file that could not be loaded raises here (ml_collections defers it)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's config file is one line
+        fail(f"--config: {' '.join(str(e).split())}")
     try:
         from recal_jax.training.distributed import maybe_initialize_distributed
 

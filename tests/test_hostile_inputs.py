@@ -375,4 +375,106 @@ def test_grid_never_runs_two_workers_on_one_run_directory(tmp_path, grid_file):
 
 
 # =============================================================================== the config parser (launcher)
-# (cases added with the config parser)
+
+TINY_FLAGS = ("--config.tokenizer.vocab_size=400", "--config.model.num_layers=1", "--config.model.hidden_size=32",
+              "--config.sft.steps=2", "--config.grpo.steps=2", "--config.grpo.instances_per_step=2",
+              "--config.grpo.group_size=2", "--config.eval.batch_size=8", "--no_progress")
+
+
+def launch(*flags, timeout=180) -> subprocess.CompletedProcess:
+    """The launcher as a user runs it: one CPU device (no simulated devices of the test suite)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run([sys.executable, "-m", "launch.main", *flags], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (("--config.nope=1",), ("nope",)),
+    (("--config=launch/configs/does_not_exist.py",), ("does_not_exist.py",)),
+    (("--config.grpo.group_size=1",), ("--config.grpo.group_size=1", "two or more rollouts")),
+    (("--config.synthetic.n_train_per_family=0",), ("--config.synthetic.n_train_per_family=0", ">= 1")),
+    (("--config.synthetic.n_test_per_family=-3",), ("--config.synthetic.n_test_per_family=-3",)),
+    (("--config.mesh.data=64",), ("--config.mesh.data=64", "does not fit")),
+    (("--config.tokenizer.vocab_size=100",), ("--config.tokenizer.vocab_size=100", "byte")),
+    (("--config.pool.endpoints=/nonexistent/endpoints.json",), ("--config.pool.endpoints", "no such file")),
+    (("--config.seed=-1",), ("--config.seed=-1",)),
+    (("--config.grpo.group_size=100000",), ("--config.grpo.group_size=100000", "<= 4096")),
+    (("--config.grpo.max_total_tokens=100000000",), ("--config.grpo.max_total_tokens=100000000",)),
+    (("--config.grpo.max_total_tokens=3000",), ("--config.grpo.max_total_tokens=3000", "context")),
+    (("--config.calibration.weights=(1.0,2.0)",), ("--config.calibration.weights", "5 finite numbers")),
+    (("--config.pool.kind=telepathy",), ("--config.pool.kind='telepathy'", "unknown pool")),
+], ids=lambda v: v[0] if isinstance(v, tuple) and v and v[0].startswith("--") else None)
+def test_bad_config_is_one_line_before_any_work(tmp_path, flags, needles):
+    workdir = tmp_path / "run"
+    assert_one_line_error(launch(*flags, f"--workdir={workdir}"), *needles)
+    assert not (workdir / "config.json").exists()
+
+
+def test_workdir_that_is_a_file_is_one_line(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("not a directory")
+    assert_one_line_error(launch(f"--workdir={file}"), f"--workdir='{file}'", "is a file")
+    assert_one_line_error(launch(f"--workdir={file / 'run'}"), "cannot write there")
+
+
+def test_missing_api_key_variable_is_one_line(tmp_path):
+    endpoints = tmp_path / "endpoints.json"
+    names = ("tiny-fast", "mid-general", "large-pro", "code-expert", "math-whiz", "fact-base")
+    endpoints.write_text(json.dumps({m: {"base_url": "http://127.0.0.1:9/v1", "model": m,
+                                         "api_key_env": "RECAL_TEST_KEY_THAT_IS_NOT_SET"} for m in names}))
+    proc = launch(f"--config.pool.endpoints={endpoints}", f"--workdir={tmp_path / 'run'}", *TINY_FLAGS)
+    assert_one_line_error(proc, "RECAL_TEST_KEY_THAT_IS_NOT_SET", "not set")
+
+
+README_TRAIN = [  # the README's "Bring your own log" example: 10 score-only records, 3 models
+    {"id": f"r{i}", "dataset": "math" if i < 5 else "trivia", "question": f"Question {i} of the README?",
+     "golden_answers": [], "scores": {"small": i % 2, "mid": 1, "large": 1}} for i in range(10)]
+
+
+def test_a_log_smaller_than_the_sft_batch_trains(tmp_path):
+    """The README's own-log command on a 10-record log: SFT's batch of 32 adapts (one warning
+    line), the run finishes and prints its table."""
+    data = write_log(tmp_path / "my_log", train=[json.dumps(r) for r in README_TRAIN],
+                     test=[json.dumps({**r, "id": f"t{i}"}) for i, r in enumerate(README_TRAIN[:4])])
+    proc = launch("--config=launch/configs/jsonl.py", f"--config.data_dir={data}", f"--workdir={tmp_path / 'run'}",
+                  *TINY_FLAGS[:3], "--config.sft.steps=3", "--config.grpo.steps=1", "--no_progress", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sft.batch_size=32 exceeds the 10 demonstrations of this log; using 10" in proc.stderr
+    assert "Test split, after 1 GRPO steps" in proc.stdout
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_workdir_holds_one_run(tmp_path):
+    """A restart with another preset stops with one line naming the field; --overwrite starts
+    afresh; a safe change (grpo.steps) resumes; a failed start leaves config.json alone."""
+    workdir = tmp_path / "run"
+    first = launch(f"--workdir={workdir}", *TINY_FLAGS, "--config.grpo.stop_at_step=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    stored = (workdir / "config.json").read_text()
+    other = launch(f"--workdir={workdir}", *TINY_FLAGS, "--config.calibration.preset=grpo",
+                   "--config.grpo.learning_rate=0.1")
+    assert_one_line_error(other, "holds another run", "calibration.preset", "grpo.learning_rate", "--overwrite")
+    assert (workdir / "config.json").read_text() == stored
+    resumed = launch(f"--workdir={workdir}", *TINY_FLAGS)  # grpo.stop_at_step is safe to change
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["preset"] == "recal" and summary["grpo_steps"] == 2
+    fresh = launch(f"--workdir={workdir}", *TINY_FLAGS, "--config.calibration.preset=grpo", "--overwrite")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "resumed from" not in fresh.stderr
+    assert json.loads((workdir / "summary.json").read_text())["preset"] == "grpo"
+    train = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train if r["phase"] == "train"] == [0, 1]
+    assert lock_is_free(workdir)
+
+
+def test_summary_is_written_last(tmp_path):
+    workdir = tmp_path / "run"
+    proc = launch(f"--workdir={workdir}", *TINY_FLAGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary_time = (workdir / "summary.json").stat().st_mtime_ns
+    outputs = [workdir / "export" / "config.json", workdir / "eval_rollouts", workdir / "accuracy_vs_cost.png",
+               workdir / "training_curves.png", workdir / "config.json"]
+    for path in outputs:
+        assert path.stat().st_mtime_ns <= summary_time, path

@@ -11,5 +11,5 @@ def test_quickstart_is_bit_identical_to_the_pinned_run(tmp_path):
     now = json.loads(json.dumps(run_pinned(tmp_path)))  # the same JSON round trip as the fixture's
     assert now["params_sha256"] == pinned["params_sha256"]
     assert now["train_rows"] == pinned["train_rows"]
-    assert now["policy"] == pinned["policy"]
-    assert now["sft_policy"] == pinned["sft_policy"]
+    for key in ("policy", "sft_policy"):  # every pinned number; keys added since are reporting only
+        assert {k: now[key][k] for k in pinned[key]} == pinned[key]

@@ -42,7 +42,8 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *,
     depend on `key`); any other `sampling` is a sampled evaluation. Uses only what the
     environment reports (answer, cost, format, calls): no calibration state. Returns a
     JSON-able dict: accuracy, per_dataset, cost_total, cost_per_query, format_valid,
-    route_share (overall and per dataset), calls_per_query. `on_batch(records, rollout,
+    route_share (overall and per dataset), calls_per_query, calls_per_dataset and
+    multi_call_share_per_dataset (questions answered with two or more calls). `on_batch(records, rollout,
     rewards)`, when given, sees every batch (rollout_export.RolloutCollector keeps them)."""
     if len(log) == 0:
         raise ValueError(f"cannot evaluate on the empty log {log.name!r}")
@@ -50,6 +51,7 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *,
     out = _evaluation_rollouts(runner, params, log, key, batch_size=batch_size, sampling=sampling,
                                on_batch=on_batch)
     answer, cost, ids_all = out["answer"], out["cost"], out["dataset_id"]
+    calls_n = out["calls_nm"].sum(-1)
     counts_dm = np.zeros((len(log.datasets), len(names)))
     np.add.at(counts_dm, ids_all, out["calls_nm"])
     per_dataset = per_dataset_mean(answer, ids_all, log.datasets)
@@ -67,6 +69,9 @@ def evaluate_policy(runner: RolloutRunner, params, log: RoutingLog, key, *,
         "cost_per_query": float(cost.mean()),
         "format_valid": float(out["format_ok"].mean()),
         "calls_per_query": float(out["calls_nm"].sum(-1).mean()),
+        # the multi-turn behaviour: mean calls, and the share of questions asked in two or more calls
+        "calls_per_dataset": per_dataset_mean(calls_n.astype(np.float64), ids_all, log.datasets),
+        "multi_call_share_per_dataset": per_dataset_mean((calls_n >= 2).astype(np.float64), ids_all, log.datasets),
         "route_share": share,
         "route_share_by_dataset": share_by_dataset,
     }
@@ -99,11 +104,16 @@ def results_table(policy: dict[str, Any], references: dict[str, RouterResult], d
 
 
 def route_summary(policy: dict[str, Any]) -> str:
-    """One line per dataset: the policy's routing distribution (top models)."""
+    """One line per dataset: the policy's routing distribution (top models), and its calls per
+    question where some question took two or more."""
     lines = []
+    calls, multi = policy.get("calls_per_dataset", {}), policy.get("multi_call_share_per_dataset", {})
     for dataset, share in policy["route_share_by_dataset"].items():
         top = collections.Counter(share).most_common(3)
-        lines.append(f"  {dataset}: " + ", ".join(f"{m} {p:.0%}" for m, p in top if p > 0))
+        line = f"  {dataset}: " + ", ".join(f"{m} {p:.0%}" for m, p in top if p > 0)
+        if any(multi.values()) and dataset in calls:
+            line += f"  ({calls[dataset]:.2f} calls per question, {multi[dataset]:.0%} with two or more)"
+        lines.append(line)
     return "\n".join(lines)
 
 

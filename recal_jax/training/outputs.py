@@ -5,6 +5,7 @@ claim: one run per workdir, locked against a second process."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import pathlib
 
@@ -13,6 +14,7 @@ import shutil
 from typing import TYPE_CHECKING, Any
 
 from recal_jax.data.registry import SUITES
+from recal_jax.evaluation.multi_hop import multi_hop_summary
 from recal_jax.evaluation.plots import plot_accuracy_vs_cost, plot_training_curves
 from recal_jax.evaluation.rollout_export import RolloutCollector, export_rollouts
 from recal_jax.evaluation.run_dir import RunDir, RunLock
@@ -113,6 +115,10 @@ def finish(run: "Run", run_dir: RunDir, state, key, *, sft_policy: dict | None, 
     spec = SUITES[cfg.run.suite]
     if spec.multi_hop is not None:
         summary["multi_hop_datasets"] = list(spec.multi_hop(run.suite))
+        counts = collections.Counter(r.dataset for r in run.suite.test.records)
+        summary["multi_turn"] = multi_hop_summary(policy, entries, summary["multi_hop_datasets"], counts)
+        if sft_policy is not None:
+            summary["multi_turn_sft"] = multi_hop_summary(sft_policy, {}, summary["multi_hop_datasets"], counts)
     if sft_policy is not None:
         summary["sft_policy"] = sft_policy
     with timer.phase("plots"):

@@ -18,7 +18,7 @@ from recal_jax.routing.pools import call_many_sync
 from recal_jax.shapes import SEQ_LEN_BUCKET, round_up
 from recal_jax.training.components import sft_optim_config
 from recal_jax.training.optim import make_optimizer
-from recal_jax.training.run_config import SftSection
+from recal_jax.training.run_config import ConfigError, SftSection
 from recal_jax.training.sft_data import Demonstration, build_demonstrations, pack_demonstrations
 from recal_jax.training.train_state import TrainState
 from recal_jax.training.train_step import make_sft_step
@@ -143,8 +143,12 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
         demos, until, note = _held_out(run, sft, demos)
         notes += [note] if note else []
     batch_size = sft.batch_size
-    if batch_size > len(demos):  # a small log: every demonstration in each batch
-        batch_size = len(demos)
+    if batch_size > len(demos):  # a small log: as many demonstrations per batch as the log has
+        shards = _batch_shards(run.mesh)
+        batch_size = len(demos) - len(demos) % shards
+        if batch_size < 1:
+            raise ConfigError(f"--config.sft.batch_size={sft.batch_size}: the log has only {len(demos)} "
+                              f"demonstrations, fewer than the {shards} batch shards of the mesh (--config.mesh.*)")
         notes.append(f"sft.batch_size={sft.batch_size} exceeds the {len(demos)} demonstrations of this log; "
                      f"using {batch_size}")
     for note in notes:
@@ -157,6 +161,12 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
     log.warning("SFT: %d steps%s", info["steps"], "" if until is None else
                 f", held-out answer-copy accuracy {info.get('heldout_copy_accuracy', float('nan')):.3f}")
     return state, {**info, **({"notes": notes} if notes else {})}
+
+
+def _batch_shards(mesh) -> int:
+    """How many ways the mesh splits a batch (its data x fsdp axes): a batch size must be a multiple."""
+    shape = dict(mesh.shape)
+    return int(shape.get("data", 1)) * int(shape.get("fsdp", 1))
 
 
 def demonstrations(run: "Run", sft: SftSection) -> list[Demonstration]:
