@@ -54,6 +54,9 @@ def test_run_writes_its_outputs(tmp_path):
     assert [r["step"] for r in train] == [0, 1]
     for r in train:
         assert all(np.isfinite(v) for v in r.values() if isinstance(v, float))
+    # the state is placed on the train step's shardings before step 0: a later step of the same
+    # shapes compiles nothing (step 0 compiles the sampler, log-probs, calibrate and the step)
+    assert train[0]["perf/compiles"] > 0 and train[1]["perf/compiles"] == 0
     assert result.finished and result.policy == saved["policy"] and result.grpo_steps == 2
     assert set(result.references) == set(saved["references"])
     # the breakdown covers the wall time: the phases sum to it, and "other" stays small

@@ -33,6 +33,7 @@ def train(run: "Run", state: TrainState, grpo: GrpoSection, *, optimizer, ckpt: 
     iteration = components.grpo_iteration(grpo, runner=run.train_runner, calibration=run.calibration,
                                           train_step=train_step, logprobs=components.logprobs_fn(state.graphdef),
                                           mesh=run.mesh)
+    state = train_step.place(state)
     start = int(state.data_position)
     batches = stratified_batches(run.suite.train, grpo.instances_per_step, np.random.default_rng(cfg.run.seed))
     batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
@@ -40,9 +41,11 @@ def train(run: "Run", state: TrainState, grpo: GrpoSection, *, optimizer, ckpt: 
     bar = tqdm(range(start, stop), desc="grpo", disable=not progress, initial=start, total=grpo.steps)
     cost_so_far = sum(r.get("cost_total", 0.0) for r in run_dir.read_metrics("train"))
     for step in bar:
+        compiles = timer.compiles.count
         with timer.phase("grpo_update"):
             state, metrics = iteration(state, next(batches))
             timer.add("grpo_rollout", metrics["perf"]["rollout_seconds"])
+        metrics["perf"]["compiles"] = timer.compiles.count - compiles  # XLA compiles during this step
         cost_so_far += metrics["cost_total"]
         metrics["cost_so_far"] = cost_so_far
         if step % cfg.run.log_every == 0 or step == grpo.steps - 1:

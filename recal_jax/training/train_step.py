@@ -255,6 +255,13 @@ class _ShardedStep:
                  for k, v in batch.items()}
         return step(state, batch)
 
+    def place(self, state: TrainState) -> TrainState:
+        """`state` with the shardings the step gives it: placed so before the first step, the
+        rollouts of step 0 see the same argument shardings as every later step (one compile
+        of the sampler and the log-prob function instead of two)."""
+        self._jitted(state)
+        return jax.device_put(state, self._state_shardings)
+
     def lower(self, state: TrainState, batch: Mapping[str, Any]):
         """jax.stages.Lowered of the step for `state` / `batch` (shapes and dtypes only)."""
         self._check(state, batch)
