@@ -8,6 +8,13 @@ oracle, format-valid rate, cost per query and wall time; then the mean and the m
 seeds, and per seed the checks of the quickstart's promise (at or above the best single
 model, +0.02 over its own SFT start, format-valid >= 0.95) and of the multi-turn goal (above
 the random router).
+
+    python -m experiments.seed_table --runs_dir=experiments/results/compose --goals=compose
+
+tabulates runs of launch/configs/compose.py against the compositional world's goals instead:
+on the multi-hop datasets above the single-call oracle, overall above the linear classical
+router, +0.05 over its own SFT start, format-valid >= 0.95; with the multi-turn behaviour
+(calls per multi-hop question, share of multi-hop questions asked in two or more calls).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from absl import app, flags
 from experiments import tables
 
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "experiments/results/quickstart", "Directory of seed-S/ runs.")
+_GOALS = flags.DEFINE_enum("goals", "quickstart", ["quickstart", "compose"], "Which promises to check.")
 
 COLUMNS = ("router", "sft_start", "best_single", "random", "oracle", "format_valid", "cost_per_query",
            "wall_s")
@@ -51,7 +59,48 @@ def promise_checks(row: dict[str, float]) -> dict[str, bool]:
     }
 
 
+COMPOSE_COLUMNS = ("router", "sft_start", "linear", "best_single", "multi_hop", "multi_hop_oracle",
+                   "multi_hop_decomposer", "one_hop", "multi_hop_calls", "multi_hop_decomposed", "format_valid",
+                   "cost_per_query", "wall_s")
+
+
+def compose_row(summary: dict) -> dict[str, float]:
+    """The compose table's numbers of one run's summary.json (its `multi_turn` reading)."""
+    refs, turns = summary["references"], summary["multi_turn"]
+    multi, one = turns["multi_hop"], turns["one_hop"]
+    return {
+        "router": summary["policy"]["accuracy"],
+        "sft_start": summary.get("sft_policy", {}).get("accuracy", float("nan")),
+        "linear": refs["linear"]["accuracy"],
+        "best_single": refs["best_single"]["accuracy"],
+        "multi_hop": multi["accuracy"],
+        "multi_hop_oracle": multi["references"]["oracle"],
+        "multi_hop_decomposer": multi["references"].get("decomposer_best_per_hop", float("nan")),
+        "one_hop": one["accuracy"],
+        "multi_hop_calls": multi["calls_per_question"],
+        "multi_hop_decomposed": multi["multi_call_share"],
+        "format_valid": summary["policy"]["format_valid"],
+        "cost_per_query": summary["policy"]["cost_per_query"],
+        "wall_s": summary["timings"]["total_seconds"],
+    }
+
+
+def compose_checks(row: dict[str, float]) -> dict[str, bool]:
+    """The compositional world's goals for one seed."""
+    return {
+        "multi-hop > oracle": row["multi_hop"] > row["multi_hop_oracle"],
+        "> linear": row["router"] > row["linear"],
+        ">= SFT + 0.05": row["router"] >= row["sft_start"] + 0.05 - 1e-9,
+        "format >= 0.95": row["format_valid"] >= 0.95,
+    }
+
+
+GOALS = {"quickstart": (seed_row, promise_checks, COLUMNS), "compose": (compose_row, compose_checks, COMPOSE_COLUMNS)}
+
+
 def _fmt(name: str, value: float) -> str:
+    if name == "multi_hop_calls":
+        return f"{value:.2f}"
     if name == "cost_per_query":
         return f"{value:.3g}"
     if name == "wall_s":
@@ -59,31 +108,33 @@ def _fmt(name: str, value: float) -> str:
     return f"{value:.3f}"
 
 
-def seed_table(rows: dict[int, dict[str, float]]) -> str:
+def seed_table(rows: dict[int, dict[str, float]], goals: str = "quickstart") -> str:
     """Markdown: one line per seed, then mean and min over seeds (NaN when a seed lacks the number)."""
     if not rows:
         raise ValueError("no runs to tabulate")
-    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(COLUMNS)).sort_index()
-    checks = pd.DataFrame([promise_checks(row) for row in frame.to_dict("records")], index=frame.index)
+    _, check, columns = GOALS[goals]
+    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(columns)).sort_index()
+    checks = pd.DataFrame([check(row) for row in frame.to_dict("records")], index=frame.index)
     summary = pd.DataFrame({"mean": frame.mean(skipna=False), "min": frame.min(skipna=False)}).T
-    cells = [[str(seed)] + [_fmt(c, row[c]) for c in COLUMNS]
+    cells = [[str(seed)] + [_fmt(c, row[c]) for c in columns]
              + ["yes" if ok else "**no**" for ok in checks.loc[seed]] for seed, row in frame.iterrows()]
-    cells += [[label] + [_fmt(c, row[c]) for c in COLUMNS] + [""] * checks.shape[1]
+    cells += [[label] + [_fmt(c, row[c]) for c in columns] + [""] * checks.shape[1]
               for label, row in summary.iterrows()]
-    return tables.markdown(cells, ["seed", *COLUMNS, *checks.columns])
+    return tables.markdown(cells, ["seed", *columns, *checks.columns])
 
 
-def read_runs(runs_dir: pathlib.Path) -> dict[int, dict[str, float]]:
+def read_runs(runs_dir: pathlib.Path, goals: str = "quickstart") -> dict[int, dict[str, float]]:
+    row_of = GOALS[goals][0]
     rows = {}
     for path in sorted(runs_dir.glob("seed-*/summary.json")):
-        rows[int(path.parent.name.split("-", 1)[1])] = seed_row(json.loads(path.read_text()))
+        rows[int(path.parent.name.split("-", 1)[1])] = row_of(json.loads(path.read_text()))
     return rows
 
 
 def main(argv):
     del argv
     runs_dir = pathlib.Path(_RUNS_DIR.value)
-    table = seed_table(read_runs(runs_dir))
+    table = seed_table(read_runs(runs_dir, _GOALS.value), _GOALS.value)
     (runs_dir / "TABLE.md").write_text(table + "\n")
     print(table)
 

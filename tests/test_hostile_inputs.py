@@ -7,7 +7,6 @@ The config parser's cases (the launcher) have their own section below them.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pathlib
@@ -24,6 +23,7 @@ import pytest
 from recal_jax.data.loaders import load_jsonl_dir
 from recal_jax.data.schema import MAX_CALL_COST_USD, DataError
 from recal_jax.models.tokenizer import EOS_TOKEN, PAD_TOKEN, PROTOCOL_TAGS
+from tests.test_run_dir import free_for_others
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCORES = {"small": 0, "mid": 1, "large": 1}
@@ -58,17 +58,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-def lock_is_free(workdir: pathlib.Path) -> bool:
-    fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
 
 
 # =============================================================================== data
@@ -289,7 +278,7 @@ def test_grid_sigterm_stops_its_worker(tmp_path, grid_file):
             assert time.monotonic() < deadline, "the worker never took its run directory's lock"
             time.sleep(0.1)
         worker = lock_holder(workdir)
-        assert not lock_is_free(workdir)
+        assert not free_for_others(workdir)
         grid.send_signal(signal.SIGTERM)
         _, err = grid.communicate(timeout=30)
     finally:
@@ -297,7 +286,7 @@ def test_grid_sigterm_stops_its_worker(tmp_path, grid_file):
             grid.kill()
     assert grid.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err
-    assert lock_is_free(workdir)
+    assert free_for_others(workdir)
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)
 
@@ -466,7 +455,7 @@ def test_a_workdir_holds_one_run(tmp_path):
     assert json.loads((workdir / "summary.json").read_text())["preset"] == "grpo"
     train = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in train if r["phase"] == "train"] == [0, 1]
-    assert lock_is_free(workdir)
+    assert free_for_others(workdir)
 
 
 def test_summary_is_written_last(tmp_path):

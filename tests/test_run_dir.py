@@ -103,7 +103,7 @@ sys.stdin.read()
 """
 
 
-def _free_for_others(workdir) -> bool:
+def free_for_others(workdir) -> bool:
     """Whether a fresh open file description can take the lock (as another process would)."""
     fd = os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT)
     try:
@@ -129,19 +129,19 @@ def test_run_lock_refuses_a_second_process_until_the_holder_dies(tmp_path):
         holder.kill()  # a crash: the OS drops the lock
         holder.wait(timeout=10)
     with RunLock(workdir) as lock:
-        assert lock.held and not _free_for_others(workdir)
+        assert lock.held and not free_for_others(workdir)
         assert run_dir.lock_holder(workdir) == os.getpid()
-    assert not lock.held and _free_for_others(workdir)
+    assert not lock.held and free_for_others(workdir)
 
 
 def test_run_lock_is_reentrant_in_one_process(tmp_path):
     outer = RunLock(tmp_path).acquire()
     with RunLock(tmp_path):  # e.g. the grid worker, then the pipeline it calls
-        assert not _free_for_others(tmp_path)
-    assert not _free_for_others(tmp_path)  # the outer holder still has it
+        assert not free_for_others(tmp_path)
+    assert not free_for_others(tmp_path)  # the outer holder still has it
     outer.release()
     outer.release()  # a second release is a no-op
-    assert _free_for_others(tmp_path)
+    assert free_for_others(tmp_path)
 
 
 SAFE = ("grpo.steps", "grpo.stop_at_step", "eval.", "checkpoint.")

@@ -33,3 +33,28 @@ def test_table_reads_runs_and_aggregates(tmp_path):
     assert table[-1].split("|")[2].strip() == "0.600"
     with pytest.raises(ValueError, match="no runs"):
         seed_table.seed_table({})
+
+
+def _compose_summary(router, sft, linear, multi, oracle_multi, fmt=1.0):
+    group = lambda acc, refs: {"accuracy": acc, "calls_per_question": 2.0, "multi_call_share": 1.0,  # noqa: E731
+                               "references": refs}
+    refs = {"linear": {"accuracy": linear}, "best_single": {"accuracy": 0.7}}
+    return {"policy": {"accuracy": router, "format_valid": fmt, "cost_per_query": 1e-5},
+            "sft_policy": {"accuracy": sft}, "references": refs, "timings": {"total_seconds": 600.0},
+            "multi_turn": {"multi_hop": group(multi, {"oracle": oracle_multi, "decomposer_best_per_hop": 0.9}),
+                           "one_hop": group(0.9, {"oracle": 1.0})}}
+
+
+def test_compose_goals_by_hand():
+    ok = seed_table.compose_checks(seed_table.compose_row(_compose_summary(0.80, 0.70, 0.74, 0.70, 0.65)))
+    assert ok == {"multi-hop > oracle": True, "> linear": True, ">= SFT + 0.05": True, "format >= 0.95": True}
+    bad = seed_table.compose_checks(seed_table.compose_row(_compose_summary(0.74, 0.70, 0.74, 0.65, 0.65, fmt=0.9)))
+    assert bad == {"multi-hop > oracle": False, "> linear": False, ">= SFT + 0.05": False, "format >= 0.95": False}
+
+
+def test_compose_table_has_its_columns(tmp_path):
+    (tmp_path / "seed-0").mkdir()
+    (tmp_path / "seed-0" / "summary.json").write_text(json.dumps(_compose_summary(0.8, 0.7, 0.74, 0.7, 0.65)))
+    table = seed_table.seed_table(seed_table.read_runs(tmp_path, "compose"), "compose").splitlines()
+    header = [c.strip() for c in table[0].split("|")[1:-1]]
+    assert header[:2] == ["seed", "router"] and "multi_hop_oracle" in header and "multi-hop > oracle" in header

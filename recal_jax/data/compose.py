@@ -272,9 +272,20 @@ def _planner(request: SuiteRequest):
     return plan
 
 
+def entity_names(suite: Suite) -> tuple[str, ...]:
+    """Every entity name the suite's questions, gold answers and logged replies mention."""
+    names: dict[str, None] = {}
+    for log in (suite.train, suite.test):
+        for r in log.records:
+            parsed = parse_query(r.question)
+            for word in ((parsed.subject,) if parsed else ()) + tuple(r.golden_answers) + tuple((r.responses or {}).values()):
+                names.setdefault(normalize_query(word), None)
+    return tuple(n for n in names if n)
+
+
 register_suite(SuiteSpec(
     "compose", _load, protocol="multi_turn", needs_data_dir=False, pool="compose", options=ComposeOptions,
-    multi_hop=multi_hop_datasets, planner=_planner,
+    multi_hop=multi_hop_datasets, planner=_planner, atomic_words=entity_names,
     description="embedded: a compositional world of people, cities, countries and companies; one- and "
                 "two-hop questions, 5 simulated models that answer the query they are sent"))
 

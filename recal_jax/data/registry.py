@@ -48,7 +48,7 @@ class SuiteSpec:
     raising OptionError; None when the suite has none. multi_hop: Suite -> the datasets whose
     questions need two or more calls (summary.json's multi_hop_datasets). planner: SuiteRequest ->
     (record -> Plan or None), how a question decomposes into sub-questions (the SFT rule
-    'decompose_random' demonstrates it)."""
+    'decompose_random' demonstrates it). atomic_words: see the field."""
 
     name: str
     load: Callable[[SuiteRequest], Suite]
@@ -59,6 +59,9 @@ class SuiteSpec:
     description: str = ""
     multi_hop: Callable[[Suite], tuple[str, ...]] | None = None
     planner: Callable[[SuiteRequest], Callable[[RoutingRecord], "Plan | None"]] | None = None
+    # Suite -> words a trained tokenizer keeps whole, one token each (tokenizer.suite_words):
+    # e.g. the compose world's entity names, which the policy copies from text to text.
+    atomic_words: Callable[[Suite], tuple[str, ...]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,17 +108,21 @@ def tokenizer_corpus(suite: Suite) -> list[str]:
     return texts
 
 
-def build_tokenizer(tokenizer: TokenizerSection, model: ModelSection, suite: Suite) -> Tokenizer:
-    """tokenizer.path, else the pretrained policy's, else a byte-level BPE trained on the suite."""
+def build_tokenizer(tokenizer: TokenizerSection, model: ModelSection, suite: Suite,
+                    atomic_words: tuple[str, ...] = ()) -> Tokenizer:
+    """tokenizer.path, else the pretrained policy's, else a byte-level BPE trained on the suite
+    (with `atomic_words` as single tokens when tokenizer.suite_words)."""
     if tokenizer.path:
         return Tokenizer.load(tokenizer.path)
     if model.pretrained_path:
         return Tokenizer.load(model.pretrained_path)
     specials = protocol_special_tokens(suite.train.model_names)
+    if tokenizer.suite_words:
+        specials += [w for w in atomic_words if w not in specials]
     minimum = MIN_BYTE_ALPHABET + len(specials)
     if tokenizer.vocab_size < minimum:
         raise ConfigError(f"--config.tokenizer.vocab_size={tokenizer.vocab_size}: must be >= {minimum} (256 byte "
-                          f"symbols + {len(specials)} protocol tags and model names of this suite)")
+                          f"symbols + {len(specials)} protocol tags, model names and atomic words of this suite)")
     return train_bpe(tokenizer_corpus(suite), vocab_size=tokenizer.vocab_size, special_tokens=specials)
 
 

@@ -75,6 +75,9 @@ class TokenizerSection:
     vocab_size: int = 1024
     # longer questions keep their last that many tokens (0 = no cap); summary.json counts them
     max_question_tokens: int = 256
+    # a trained tokenizer keeps the suite's atomic words (its registry entry's, e.g. the compose
+    # world's entity names) as one token each
+    suite_words: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,7 +53,9 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
         answer_metric = builders.resolve_answer_metric(cfg.reward.answer_metric, suite.train)
         cost_ref = builders.cost_ref(cfg.reward, suite.train)
     with timer.phase("tokenizer"):
-        tokenizer = builders.build_tokenizer(cfg.tokenizer, cfg.model, suite)
+        spec = SUITES[cfg.run.suite]
+        words = spec.atomic_words(suite) if spec.atomic_words is not None else ()
+        tokenizer = builders.build_tokenizer(cfg.tokenizer, cfg.model, suite, words)
         logs = {"train": suite.train, "test": suite.test}
         prompts = {name: builders.prompt_builder(cfg, lg, tokenizer) for name, lg in logs.items()}
     with timer.phase("policy"):
@@ -74,7 +76,6 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
             pool=builders.build_pool(cfg.pool, cfg, lg), log=lg, split=name, prompt_ids=prompts[name],
             seq_len=seq_len, answer_metric=answer_metric) for name, lg in logs.items()}
     calibration = cfg.calibration.build(len(suite.train.datasets), cost_ref, cfg.reward.route_rule)
-    spec = SUITES[cfg.run.suite]
     planner = spec.planner(suite_request(cfg)) if spec.planner is not None else None
     return Run(planner=planner, cfg=cfg, suite=suite, tokenizer=tokenizer, model=model, model_config=model_config, mesh=mesh,
                train_runner=runners["train"], test_runner=runners["test"], calibration=calibration,
