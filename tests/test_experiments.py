@@ -78,7 +78,8 @@ def test_sweep_point_at_the_presets_own_route_weight_is_the_plain_run():
 
 
 # grid -> the grid whose shared SFT warm starts it reuses (run_grid refuses a changed SFT config)
-SHARES_SFT_WITH = {"dcrouter_cost": "dcrouter", "dcrouter_ext": "dcrouter", "synthetic_cost": "synthetic"}
+SHARES_SFT_WITH = {"dcrouter_cost": "dcrouter", "dcrouter_ext": "dcrouter", "synthetic_cost": "synthetic",
+                   "compose_cost": "compose"}
 
 
 def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
@@ -87,7 +88,7 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # grid's plain runs (checked below).
     # synthetic_cost: 4 presets x 3 route weights x 3 seeds, 12 of them the synthetic grid's plain runs.
     sizes = {"synthetic": 27, "dcrouter": 33, "nq_pool6": 9, "dcrouter_cost": 48, "dcrouter_ext": 6,
-             "dcrouter_long": 9, "synthetic_cost": 36}
+             "dcrouter_long": 9, "synthetic_cost": 36, "compose": 24, "compose_cost": 18}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
