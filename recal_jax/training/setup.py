@@ -61,6 +61,7 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
     with timer.phase("policy"):
         model, model_config = builders.build_policy(cfg.model, tokenizer, cfg.run.seed)
         mesh = make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
+        _check_batches(cfg, mesh)
     seq_len = components.sequence_length(cfg.grpo, (len(prompts[name](r)) for name, lg in logs.items()
                                                     for r in lg.records))
     if seq_len > model_config.max_position_embeddings:
@@ -80,3 +81,18 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
     return Run(planner=planner, cfg=cfg, suite=suite, tokenizer=tokenizer, model=model, model_config=model_config, mesh=mesh,
                train_runner=runners["train"], test_runner=runners["test"], calibration=calibration,
                seq_len=seq_len, answer_metric=answer_metric, timer=timer)
+
+
+def _check_batches(cfg: RunConfig, mesh) -> None:
+    """Batches split over the mesh's data x fsdp axes (and GRPO's micro-batches): a size that
+    does not divide is one line naming the flag, before any work."""
+    shards = int(dict(mesh.shape).get("data", 1)) * int(dict(mesh.shape).get("fsdp", 1))
+    g = cfg.grpo
+    rows, need = g.instances_per_step * g.group_size, g.microbatches * shards
+    if g.steps and rows % need:
+        raise ConfigError(f"--config.grpo.instances_per_step={g.instances_per_step}: x grpo.group_size="
+                          f"{g.group_size} = {rows} rollouts per step, which must divide by grpo.microbatches x "
+                          f"the mesh's data x fsdp = {need} ({len(mesh.devices.flat)} devices)")
+    if cfg.sft.steps and cfg.sft.batch_size % shards:
+        raise ConfigError(f"--config.sft.batch_size={cfg.sft.batch_size}: must divide by the mesh's data x fsdp = "
+                          f"{shards} ({len(mesh.devices.flat)} devices)")
