@@ -17,6 +17,7 @@ from recal_jax.rollout.runner import RolloutRunner
 from recal_jax.rollout.sampler import Sampler
 from recal_jax.shapes import PROMPT_BUCKET
 from recal_jax.training import builders, components
+from recal_jax.training.memory_check import check_step_fits
 from recal_jax.training.mesh import make_mesh
 from recal_jax.training.builders import suite_request
 from recal_jax.training.run_config import ConfigError, RunConfig
@@ -68,6 +69,8 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
         raise ConfigError(f"--config.grpo.max_total_tokens={cfg.grpo.max_total_tokens}: with the longest prompt "
                           f"the rollouts need {seq_len} positions, over the policy's "
                           f"{model_config.max_position_embeddings} (lower it, or tokenizer.max_question_tokens)")
+    with timer.phase("memory_check"):
+        check_step_fits(cfg, model, model_config, mesh, seq_len)
     with timer.phase("pools"):
         # prompt widths bucketed (capped at seq_len): a few compiled shapes, no padding to seq_len
         sampler = Sampler(model, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id, max_prompt_len=seq_len,
