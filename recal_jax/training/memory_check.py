@@ -33,9 +33,12 @@ _ACTIVATION_BYTES_PER_UNIT = 24
 
 
 def device_memory_bytes() -> int:
-    """The first device's memory: its allocator limit on an accelerator, physical RAM on CPU."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    """This process's first device's memory: its allocator limit on an accelerator, physical RAM on CPU."""
+    device = jax.local_devices()[0]
+    try:
+        stats = device.memory_stats()
+    except (AttributeError, RuntimeError, NotImplementedError):  # a backend without allocator stats
+        stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
