@@ -23,7 +23,7 @@ import pytest
 from recal_jax.data.loaders import load_jsonl_dir
 from recal_jax.data.schema import MAX_CALL_COST_USD, DataError
 from recal_jax.models.tokenizer import EOS_TOKEN, PAD_TOKEN, PROTOCOL_TAGS
-from tests.test_run_dir import free_for_others
+from tests.test_run_dir import HOLDER, free_for_others
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCORES = {"small": 0, "mid": 1, "large": 1}
@@ -321,16 +321,6 @@ def test_grid_kills_what_its_worker_started(tmp_path):
     run_grid.kill_worker_group(tmp_path)  # the grid's own pid (the worker has not locked yet): nothing
 
 
-# Another process holding a run directory's lock; run_dir.py is loaded by path (fast: no JAX).
-_HOLDER = """
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("run_dir", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-mod.RunLock(sys.argv[2]).acquire()
-print("locked", flush=True)
-sys.stdin.read()
-"""
 
 
 def test_grid_never_runs_two_workers_on_one_run_directory(tmp_path, grid_file):
@@ -344,7 +334,7 @@ def test_grid_never_runs_two_workers_on_one_run_directory(tmp_path, grid_file):
     workdir = results / "synthetic" / "grpo-s0"
     workdir.mkdir(parents=True)
     (workdir / "metrics.jsonl").write_text('{"step": 0, "phase": "sft"}\n')
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, run_dir.__file__, str(workdir)],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run_dir.__file__, str(workdir)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -92,7 +92,7 @@ def test_fresh_start_and_sft_eval(tmp_path):
 # ---------------------------------------------------------------- one run per directory
 
 # A second process that takes the lock; run_dir.py is loaded by path (no JAX import: fast).
-_HOLDER = """
+HOLDER = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("run_dir", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
@@ -117,7 +117,7 @@ def free_for_others(workdir) -> bool:
 
 def test_run_lock_refuses_a_second_process_until_the_holder_dies(tmp_path):
     workdir = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, run_dir.__file__, str(workdir)],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run_dir.__file__, str(workdir)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
