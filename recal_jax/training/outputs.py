@@ -6,6 +6,7 @@ claim: one run per workdir, locked against a second process."""
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import pathlib
 
@@ -17,7 +18,7 @@ from recal_jax.data.registry import SUITES
 from recal_jax.evaluation.multi_hop import multi_hop_summary
 from recal_jax.evaluation.plots import plot_accuracy_vs_cost, plot_training_curves
 from recal_jax.evaluation.rollout_export import RolloutCollector, export_rollouts
-from recal_jax.evaluation.run_dir import RunDir, RunLock
+from recal_jax.evaluation.run_dir import RunDir, RunLock, config_differences
 from recal_jax.evaluation.stability import stability
 from recal_jax.models import save_pretrained
 from recal_jax.training import evaluation
@@ -83,10 +84,6 @@ def _check_or_clear(workdir: pathlib.Path, cfg: RunConfig, overwrite: bool) -> N
 
 def stored_config_differences(path: pathlib.Path, cfg: RunConfig) -> list[str]:
     """The dotted fields where config.json at `path` and `cfg` differ, safe fields left out."""
-    import json
-
-    from recal_jax.evaluation.run_dir import config_differences
-
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -18,7 +18,7 @@ from recal_jax.rollout.sampler import Sampler
 from recal_jax.shapes import PROMPT_BUCKET
 from recal_jax.training import builders, components
 from recal_jax.training.memory_check import check_step_fits
-from recal_jax.training.mesh import make_mesh
+from recal_jax.training.mesh import batch_parallelism, make_mesh
 from recal_jax.training.builders import suite_request
 from recal_jax.training.run_config import ConfigError, RunConfig
 from recal_jax.training.timings import PhaseTimer
@@ -89,7 +89,7 @@ def set_up(cfg: RunConfig, timer: PhaseTimer | None = None) -> Run:
 def _check_batches(cfg: RunConfig, mesh) -> None:
     """Batches split over the mesh's data x fsdp axes (and GRPO's micro-batches): a size that
     does not divide is one line naming the flag, before any work."""
-    shards = int(dict(mesh.shape).get("data", 1)) * int(dict(mesh.shape).get("fsdp", 1))
+    shards = batch_parallelism(mesh)
     g = cfg.grpo
     rows, need = g.instances_per_step * g.group_size, g.microbatches * shards
     if g.steps and rows % need:

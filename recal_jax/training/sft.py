@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from recal_jax.routing.pools import call_many_sync
 from recal_jax.shapes import SEQ_LEN_BUCKET, round_up
 from recal_jax.training.components import sft_optim_config
+from recal_jax.training.mesh import batch_parallelism
 from recal_jax.training.optim import make_optimizer
 from recal_jax.training.run_config import ConfigError, SftSection
 from recal_jax.training.sft_data import Demonstration, build_demonstrations, pack_demonstrations
@@ -144,7 +145,7 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
         notes += [note] if note else []
     batch_size = sft.batch_size
     if batch_size > len(demos):  # a small log: as many demonstrations per batch as the log has
-        shards = _batch_shards(run.mesh)
+        shards = batch_parallelism(run.mesh)
         batch_size = len(demos) - len(demos) % shards
         if batch_size < 1:
             raise ConfigError(f"--config.sft.batch_size={sft.batch_size}: the log has only {len(demos)} "
@@ -161,12 +162,6 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
     log.warning("SFT: %d steps%s", info["steps"], "" if until is None else
                 f", held-out answer-copy accuracy {info.get('heldout_copy_accuracy', float('nan')):.3f}")
     return state, {**info, **({"notes": notes} if notes else {})}
-
-
-def _batch_shards(mesh) -> int:
-    """How many ways the mesh splits a batch (its data x fsdp axes): a batch size must be a multiple."""
-    shape = dict(mesh.shape)
-    return int(shape.get("data", 1)) * int(shape.get("fsdp", 1))
 
 
 def demonstrations(run: "Run", sft: SftSection) -> list[Demonstration]:
