@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from recal_jax.data.answer_text import normalize_answer
 from recal_jax.data.compose import (
-    MODEL_TABLE, ComposeOptions, compose_world, make_compose, multi_hop_datasets,
+    MODEL_TABLE, ComposeOptions, compose_world, fresh_compose, make_compose, multi_hop_datasets,
 )
 from recal_jax.data.compose_world import SYLLABLES, make_world, parse_query
 from recal_jax.data.registry import SUITES, OptionError, SuiteRequest
@@ -195,3 +195,55 @@ def test_worlds_scale_with_the_suite_sizes():
     n = 37
     assert {t: len(v) for t, v in w.entities.items()} == {"person": n, "org": n, "country": n, "city": 2 * n}
     assert np.all([len(w.subjects["test"][t]) == 7 for t in ("person", "org", "country")])
+
+
+def _all_names(world):
+    return {n for names in world.entities.values() for n in names}
+
+
+def test_fresh_worlds_share_no_name_with_the_suite_and_differ_from_each_other():
+    options = ComposeOptions(40, 10)
+    own = compose_world(2, options)
+    fresh0, responder0 = fresh_compose(2, 0, options)
+    fresh1, responder1 = fresh_compose(2, 1, options)
+    assert not _all_names(own) & _all_names(responder0.world)
+    assert not _all_names(own) & _all_names(responder1.world)
+    assert _all_names(responder0.world) != _all_names(responder1.world)
+    # the same sizes and question forms as the suite's own world
+    assert {t: len(v) for t, v in responder0.world.entities.items()} == {t: len(v) for t, v in own.entities.items()}
+    assert len(fresh0.train) == 6 * 40 and len(fresh0.test) == 6 * 10
+    # record ids never collide with the suite's own
+    assert all(r.id.startswith("fresh0-") for r in fresh0.train.records + fresh0.test.records)
+    # deterministic
+    again, _ = fresh_compose(2, 0, options)
+    assert again == fresh0
+
+
+def test_a_fresh_worlds_records_follow_its_own_facts():
+    fresh, responder = fresh_compose(0, 3, ComposeOptions(30, 10))
+    facts = responder.world.facts
+    for record in fresh.train.records:
+        subject = _subject(record.dataset, record.question)
+        assert record.golden_answers == (SPEC[record.dataset][2](facts, subject),)
+
+
+def test_the_suites_resample_hook_answers_queries_about_the_fresh_world():
+    spec = SUITES["compose"]
+    request = SuiteRequest(data_dir="", seed=1, options=ComposeOptions(30, 10))
+    fresh, reply = spec.resample(request, 0)
+    _, responder = fresh_compose(1, 0, ComposeOptions(30, 10))
+    for record in fresh.train.records[:40]:
+        for model in MODEL_TABLE.models:
+            assert reply(model, record.question) == record.responses[model]
+    assert reply("large-pro", "what is the meaning of life?") in _all_names(responder.world)
+
+
+def test_names_avoid_a_reserved_set_larger_than_the_first_draw():
+    # over 40% of the name space reserved: the first draw of 2,164 codes holds too few free names
+    reserved = {str(n) for n in _all_names(make_world(0, 19_000, 1_000))}
+    assert len(reserved) > 0.4 * len(SYLLABLES) ** 3
+    world = make_world(5, 300, 50, reserved_words=reserved)
+    names = _all_names(world)
+    assert len(names) == sum(len(v) for v in world.entities.values())
+    assert not names & reserved
+    assert all(re.fullmatch("(" + "|".join(SYLLABLES) + "){3}", n) for n in names)

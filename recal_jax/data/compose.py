@@ -239,14 +239,41 @@ def make_compose(seed: int = 0, n_train_per_dataset: int = 300, n_test_per_datas
     scores[m] = 1 iff model m answers the whole question right in ONE call, responses[m] that
     reply, costs[m] its cost. Replies equal those of a ComposePool of the same seed."""
     world = compose_world(seed, ComposeOptions(int(n_train_per_dataset), int(n_test_per_dataset)), table)
-    responder = Responder(world, table, seed)
+    return _suite_of(world, Responder(world, table, seed), table, "compose")
+
+
+def _suite_of(world: World, responder: Responder, table: SkillTable, prefix: str) -> Suite:
     logs = {}
     for split in ("train", "test"):
-        records = [_record(responder, q, f"compose-{split}-{q.dataset}-{i}")
+        records = [_record(responder, q, f"{prefix}-{split}-{q.dataset}-{i}")
                    for i, q in enumerate(world.questions(split))]
         logs[split] = RoutingLog(records=tuple(records), models=table.infos, datasets=DATASETS,
-                                 protocol="multi_turn", name=f"compose/{split}")
+                                 protocol="multi_turn", name=f"{prefix}/{split}")
     return Suite(train=logs["train"], test=logs["test"])
+
+
+# Fresh worlds are seeded apart from any suite seed a user would pick (names are kept apart anyway).
+FRESH_SEED_BASE = 1_000_003
+
+
+def fresh_compose(seed: int, k: int, options: ComposeOptions | None = None,
+                  table: SkillTable = MODEL_TABLE) -> tuple[Suite, Responder]:
+    """The k-th re-drawn world of the compose suite of `seed` (same sizes and table, other facts)
+    and its responder. None of its entity names is an entity of the suite's own world, so
+    demonstrations on it never show a name of the suite's questions. Its record ids start with
+    'fresh<k>-'."""
+    options = options or ComposeOptions()
+    own = compose_world(seed, options, table)
+    reserved = (*table.models, *(n for names in own.entities.values() for n in names))
+    fresh_seed = FRESH_SEED_BASE * (int(k) + 1) + int(seed)
+    world = make_world(fresh_seed, options.n_train_per_dataset, options.n_test_per_dataset, reserved_words=reserved)
+    responder = Responder(world, table, fresh_seed)
+    return _suite_of(world, responder, table, f"fresh{int(k)}"), responder
+
+
+def _resample(request: SuiteRequest, k: int):
+    suite, responder = fresh_compose(request.seed, k, request.options)
+    return suite, lambda model, query: responder.reply(model, query).text
 
 
 def multi_hop_datasets(suite: Suite | RoutingLog | None = None) -> tuple[str, ...]:
@@ -285,9 +312,9 @@ def entity_names(suite: Suite) -> tuple[str, ...]:
 
 register_suite(SuiteSpec(
     "compose", _load, protocol="multi_turn", needs_data_dir=False, pool="compose", options=ComposeOptions,
-    multi_hop=multi_hop_datasets, planner=_planner, atomic_words=entity_names,
+    multi_hop=multi_hop_datasets, planner=_planner, atomic_words=entity_names, resample=_resample,
     description="embedded: a compositional world of people, cities, countries and companies; one- and "
                 "two-hop questions, 5 simulated models that answer the query they are sent"))
 
 __all__ = ["ComposeModel", "ComposeOptions", "MODEL_TABLE", "Reply", "Responder", "SkillTable", "compose_world",
-           "make_compose", "multi_hop_datasets", "one_call_oracle_rate"]
+           "fresh_compose", "make_compose", "multi_hop_datasets", "one_call_oracle_rate"]

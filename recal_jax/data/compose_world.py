@@ -258,18 +258,25 @@ def _rng(seed: int, *keys: str) -> np.random.Generator:
 
 
 def _names(seed: int, count: int, reserved: set[str]) -> list[str]:
-    """`count` distinct names of NAME_SYLLABLES syllables, none in `reserved`, in a seeded order."""
+    """`count` distinct names of NAME_SYLLABLES syllables, none in `reserved`, in a seeded order
+    (a first draw of count + 64 codes; when `reserved` takes more of them, the rest of the name
+    space follows in a second seeded order)."""
     space = len(SYLLABLES) ** NAME_SYLLABLES
-    picks = _rng(seed, "names").choice(space, size=min(space, count + 64), replace=False)
+    first = _rng(seed, "names").choice(space, size=min(space, count + 64), replace=False)
+
+    def rest():
+        drawn = set(first.tolist())
+        yield from (code for code in _rng(seed, "more names").permutation(space) if int(code) not in drawn)
+
     out = []
-    for code in picks:
+    for code in itertools.chain(first, rest()):
         name = "".join(SYLLABLES[(int(code) // len(SYLLABLES) ** k) % len(SYLLABLES)]
                        for k in range(NAME_SYLLABLES))
         if name not in reserved:
             out.append(name)
         if len(out) == count:
             return out
-    raise ValueError(f"cannot draw {count} distinct entity names")
+    raise ValueError(f"cannot draw {count} distinct entity names outside the {len(reserved)} reserved words")
 
 
 def make_world(seed: int, n_train_per_dataset: int, n_test_per_dataset: int,

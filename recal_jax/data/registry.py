@@ -48,7 +48,7 @@ class SuiteSpec:
     raising OptionError; None when the suite has none. multi_hop: Suite -> the datasets whose
     questions need two or more calls (summary.json's multi_hop_datasets). planner: SuiteRequest ->
     (record -> Plan or None), how a question decomposes into sub-questions (the SFT rule
-    'decompose_random' demonstrates it). atomic_words: see the field."""
+    'decompose_random' demonstrates it). atomic_words, resample: see the fields."""
 
     name: str
     load: Callable[[SuiteRequest], Suite]
@@ -62,6 +62,11 @@ class SuiteSpec:
     # Suite -> words a trained tokenizer keeps whole, one token each (tokenizer.suite_words):
     # e.g. the compose world's entity names, which the policy copies from text to text.
     atomic_words: Callable[[Suite], tuple[str, ...]] | None = None
+    # (SuiteRequest, k) -> (Suite, reply): the k-th re-drawn world of the same kind, none of whose
+    # entity names occurs in the request's own suite, and reply(model, query) -> the text its pool
+    # answers. SFT demonstrates on such worlds (sft.fresh_worlds) so that a name cannot be learnt by
+    # heart and the copy has to generalise to names never seen.
+    resample: Callable[[SuiteRequest, int], tuple[Suite, Callable[[str, str], str]]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,6 +108,10 @@ class SftSection:
     heldout_questions: int = 40
     check_every: int = 50
     min_steps: int = 0
+    # > 0: also demonstrate on this many re-drawn worlds of the suite (SuiteSpec.resample), whose
+    # names never occur in the run's own questions, so that the copy cannot be learnt name by name;
+    # the held-out criterion then reads questions of one more such world, never trained on.
+    fresh_worlds: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,6 +415,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sft.heldout_questions", _N1, "must be >= 1"),
     ("sft.check_every", _N1, "must be >= 1"),
     ("sft.min_steps", _N0, "must be >= 0"),
+    ("sft.fresh_worlds", _N0, "must be >= 0 (0 = demonstrations of the suite's own questions only)"),
     ("grpo.steps", _N0, "must be >= 0 (0 = no GRPO)"),
     ("grpo.instances_per_step", _N1, "must be >= 1 (questions per GRPO step)"),
     ("grpo.group_size", _at_least(2), "GRPO needs two or more rollouts per group (group_size >= 2); "
@@ -488,6 +493,9 @@ def _check_data(cfg: RunConfig, check_paths: bool) -> None:
     if cfg.sft.routing == "decompose_random" and cfg.sft.steps and (spec.planner is None or protocol != "multi_turn"):
         raise _flag("sft.routing", cfg.sft.routing, f"demonstrates decompositions, which need a suite that has a "
                     f"planner and the multi_turn protocol (suite {spec.name!r} runs {protocol})")
+    if cfg.sft.fresh_worlds and cfg.sft.steps and spec.resample is None:
+        raise _flag("sft.fresh_worlds", cfg.sft.fresh_worlds, f"suite {spec.name!r} cannot re-draw its world "
+                    f"(its registry entry has no resample); use 0")
     if cfg.reward.answer_metric == "score" and protocol == "multi_turn":
         raise _flag("reward.answer_metric", "score", f"'score' needs the single_call protocol; suite "
                     f"{spec.name!r} runs multi_turn here (use em or f1, or --config.protocol=single_call)")

@@ -14,8 +14,10 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from recal_jax.data.registry import SUITES
 from recal_jax.routing.pools import call_many_sync
 from recal_jax.shapes import SEQ_LEN_BUCKET, round_up
+from recal_jax.training.builders import prompt_builder, suite_request
 from recal_jax.training.components import sft_optim_config
 from recal_jax.training.mesh import batch_parallelism
 from recal_jax.training.optim import make_optimizer
@@ -166,22 +168,45 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
 
 def demonstrations(run: "Run", sft: SftSection) -> list[Demonstration]:
     """The demonstrations of the train split (sft_data.build_demonstrations with sft's options),
-    replies taken from the run's own train pool."""
+    replies taken from the run's own train pool, then those of sft.fresh_worlds re-drawn worlds."""
     runner = run.train_runner
     pool = runner.engine.pool
     reply = lambda model, query, record: call_many_sync(pool, [(model, query, record)])[0].text  # noqa: E731
+    demos = _demonstrations_of(run, sft, run.suite.train, runner.prompt_ids, reply, run.cfg.run.seed)
+    for k in range(sft.fresh_worlds):
+        demos += _fresh_world_demonstrations(run, sft, k)
+    return demos
+
+
+def _demonstrations_of(run: "Run", sft: SftSection, log_, prompt_ids, reply, seed: int) -> list[Demonstration]:
     return build_demonstrations(
-        run.suite.train, run.tokenizer.encode, runner.prompt_ids, reply, runner.engine.information_ids,
+        log_, run.tokenizer.encode, prompt_ids, reply, run.train_runner.engine.information_ids,
         rule=sft.routing, best_prob=sft.best_prob, query_style=sft.query_style, reply_swap=sft.reply_swap,
-        answer_weight=sft.answer_weight, think=sft.think, seed=run.cfg.run.seed, planner=run.planner,
+        answer_weight=sft.answer_weight, think=sft.think, seed=seed, planner=run.planner,
         direct_share=sft.direct_share,
     )
+
+
+def _fresh_world_demonstrations(run: "Run", sft: SftSection, k: int) -> list[Demonstration]:
+    """The demonstrations of every question (both splits) of the suite's k-th re-drawn world."""
+    fresh, reply_text = SUITES[run.cfg.run.suite].resample(suite_request(run.cfg), k)
+    log_ = dataclasses.replace(fresh.train, records=fresh.train.records + fresh.test.records)
+    prompts = prompt_builder(run.cfg, log_, run.tokenizer)
+    return _demonstrations_of(run, sft, log_, prompts, lambda model, query, record: reply_text(model, query),
+                              run.cfg.run.seed + 1 + k)
 
 
 def _held_out(run: "Run", sft: SftSection, demos: list[Demonstration]):
     """(training demonstrations, HeldOutCriterion, note or ''): the demonstrations of
     sft.heldout_questions questions are held out to decide when to stop (at most a quarter
-    of the distinct questions on a small log)."""
+    of the distinct questions on a small log). With sft.fresh_worlds they are questions of one
+    more re-drawn world, whose names no training demonstration shows."""
+    if sft.fresh_worlds:
+        heldout = _fresh_world_demonstrations(run, sft, sft.fresh_worlds)
+        picks = np.random.default_rng(run.cfg.run.seed).choice(len(heldout), size=min(sft.heldout_questions,
+                                                                                     len(heldout)), replace=False)
+        return demos, HeldOutCriterion([heldout[i] for i in sorted(picks)], target=sft.until_copy_accuracy,
+                                       every=sft.check_every, min_steps=sft.min_steps), ""
     questions = {r.id: r.question for r in run.suite.train.records}
     distinct = len({questions[d.record_id] for d in demos})
     n_held, note = sft.heldout_questions, ""
