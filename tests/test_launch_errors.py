@@ -135,3 +135,12 @@ def test_launcher_data_error_names_file_and_line(tmp_path):
     (data / "test.jsonl").write_text(record.format(9, 9, 0) + "\n")
     result = launch("--config=launch/configs/jsonl.py", f"--config.data_dir={data}", f"--workdir={tmp_path / 'run'}")
     assert_one_line_error(result, f"{data / 'train.jsonl'}:3:", "duplicate id '1'", "first at")
+
+
+def test_bad_split_pattern_is_a_config_error():
+    from launch.configs import compose
+
+    cfg = compose.get_config()
+    cfg.tokenizer.split_pattern = "(unclosed"
+    with pytest.raises(ConfigError, match="tokenizer.split_pattern"):
+        parse_config(cfg)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -152,3 +153,28 @@ def _module_tok():
             CORPUS, vocab_size=400, special_tokens=protocol_special_tokens(POOL)
         )
     return _CACHE["tok"]
+
+
+def test_split_pattern_names_tokenize_as_syllables_everywhere():
+    """With the compose world's split pattern, a name never seen in the corpus is its syllables,
+    one token each, the same tokens after a space, right after a tag and at the start of a text."""
+    from recal_jax.data.compose_world import NAME_SPLIT_PATTERN, SYLLABLES
+
+    rng = np.random.default_rng(0)
+    names = ["".join(rng.choice(SYLLABLES, 3)) for _ in range(400)]
+    unseen = "lopure"
+    names = [n for n in names if n != unseen]
+    corpus = [f"where was {n} born? <information> {m} </information>" for n, m in zip(names, names[1:])]
+    tok = train_bpe(corpus, vocab_size=600, special_tokens=["<information>", "</information>"],
+                    split_pattern=NAME_SPLIT_PATTERN)
+    for text in (f"where was {unseen} born?", f"<information>{unseen}</information>", unseen):
+        pieces = [tok.decode([i]) for i in tok.encode(text)]
+        assert ["lo", "pu", "re"] == [p for p in pieces if p.strip() in ("lo", "pu", "re")], (text, pieces)
+        assert tok.decode(tok.encode(text)) == text
+    # a word that is not a name (7 letters) is left to BPE, whole or in other pieces
+    assert tok.decode(tok.encode("kamibix")) == "kamibix"
+
+
+def test_split_pattern_rejected_with_its_name():
+    with pytest.raises(ValueError, match="invalid split pattern"):
+        train_bpe(["a b c"], vocab_size=300, split_pattern="(ab")

@@ -20,6 +20,7 @@ per hop and when to decompose.
 """
 
 from launch.configs import base
+from recal_jax.data.compose_world import NAME_SPLIT_PATTERN
 
 
 def get_config():
@@ -28,6 +29,8 @@ def get_config():
     c.compose.n_train_per_dataset = 300
     c.compose.n_test_per_dataset = 50
     c.reward.answer_metric = "em"
+    # every entity name is the same syllable tokens wherever it stands (seen in training or not)
+    c.tokenizer.split_pattern = NAME_SPLIT_PATTERN
     c.calibration.preset = "recal"
     # SFT also on 8 re-drawn worlds (names never in the run's questions: the copy must generalise),
     # until the answer copy holds on 40 questions of a 9th world never trained on (>= 0.95, checked

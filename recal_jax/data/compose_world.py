@@ -62,6 +62,16 @@ CONSONANTS = "bdgklmnprstv"
 VOWELS = "aeiou"
 SYLLABLES = tuple(c + v for c in CONSONANTS for v in VOWELS)
 NAME_SYLLABLES = 3  # 60**3 = 216,000 names of 6 letters
+_SYLLABLE = f"[{CONSONANTS}][{VOWELS}]"
+# A tokenizer split pattern (config tokenizer.split_pattern) matching each syllable of a word made
+# of exactly NAME_SYLLABLES syllables, i.e. of an entity name: a name then tokenizes as the same
+# syllable tokens wherever it stands (after a space or a tag, seen in training or not), so that
+# copying it is copying NAME_SYLLABLES tokens that training has seen. (Oniguruma allows neither
+# variable-length nor nested look-behind: one alternative per syllable position.)
+NAME_SPLIT_PATTERN = "|".join(
+    rf"(?<=\b{_SYLLABLE * i}){_SYLLABLE}(?={_SYLLABLE * (NAME_SYLLABLES - 1 - i)}\b)"
+    if i else rf"\b{_SYLLABLE}(?={_SYLLABLE * (NAME_SYLLABLES - 1)}\b)"
+    for i in range(NAME_SYLLABLES))
 MAX_SUBJECTS = 20_000  # n_train + n_test per dataset; 5 * 20,000 names use < half the name space
 # Words a query may start with before the question itself ("Question: where was ...").
 QUERY_PREFIXES = ("question", "query", "q", "subquestion")

@@ -207,16 +207,29 @@ class Tokenizer:
         return _plain_chat(messages, add_generation_prompt)
 
 
+def split_pieces(pattern: str) -> pre_tokenizers.Split:
+    """The pre-tokenizer that isolates each match of `pattern`; ValueError naming the pattern
+    when Oniguruma rejects it."""
+    try:
+        return pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated")
+    except Exception as e:  # tokenizers raises a bare Exception for a bad regex
+        raise ValueError(f"invalid split pattern {pattern!r}: {e}") from None
+
+
 def train_bpe(
     corpus: Iterable[str],
     vocab_size: int,
     special_tokens: Sequence[str] = (),
     *,
     chat_template: str | None = None,
+    split_pattern: str = "",
 ) -> Tokenizer:
     """Byte-level BPE trained on `corpus`. Ids 0 and 1 are `<pad>` and `<eos>`; each of
     `special_tokens` (e.g. `protocol_special_tokens(pool)`) is then a single token.
-    Every unicode string round-trips through encode/decode (256-byte base alphabet)."""
+    Every unicode string round-trips through encode/decode (256-byte base alphabet).
+    `split_pattern` (a regex, Oniguruma syntax): each match is its own piece before the
+    byte-level split, so no BPE token crosses its boundaries (e.g. the compose world's name
+    syllables: a name is then the same tokens wherever it stands, seen or not)."""
     specials = [PAD_TOKEN, EOS_TOKEN]
     for s in special_tokens:
         if not isinstance(s, str) or not s:
@@ -230,7 +243,9 @@ def train_bpe(
             f"vocab_size={vocab_size} < 256 byte symbols + {len(specials)} specials = {min_size}"
         )
     tok = tokenizers.Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([split_pieces(split_pattern), byte_level]) if split_pattern
+                         else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

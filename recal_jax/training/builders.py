@@ -111,7 +111,8 @@ def tokenizer_corpus(suite: Suite) -> list[str]:
 def build_tokenizer(tokenizer: TokenizerSection, model: ModelSection, suite: Suite,
                     atomic_words: tuple[str, ...] = ()) -> Tokenizer:
     """tokenizer.path, else the pretrained policy's, else a byte-level BPE trained on the suite
-    (with `atomic_words` as single tokens when tokenizer.suite_words)."""
+    (with `atomic_words` as single tokens when tokenizer.suite_words, and no token across a
+    match of tokenizer.split_pattern)."""
     if tokenizer.path:
         return Tokenizer.load(tokenizer.path)
     if model.pretrained_path:
@@ -123,7 +124,8 @@ def build_tokenizer(tokenizer: TokenizerSection, model: ModelSection, suite: Sui
     if tokenizer.vocab_size < minimum:
         raise ConfigError(f"--config.tokenizer.vocab_size={tokenizer.vocab_size}: must be >= {minimum} (256 byte "
                           f"symbols + {len(specials)} protocol tags, model names and atomic words of this suite)")
-    return train_bpe(tokenizer_corpus(suite), vocab_size=tokenizer.vocab_size, special_tokens=specials)
+    return train_bpe(tokenizer_corpus(suite), vocab_size=tokenizer.vocab_size, special_tokens=specials,
+                     split_pattern=tokenizer.split_pattern)
 
 
 def build_policy(section: ModelSection, tokenizer: Tokenizer, rng_seed: int) -> tuple[nnx.Module, ModelConfig]:

@@ -22,7 +22,7 @@ from recal_jax.data.schema import PROTOCOLS
 from recal_jax.losses import AGG_MODES, KL_KINDS
 from recal_jax.models.config import PRESETS as MODEL_PRESETS
 from recal_jax.models.config import REMAT_POLICIES
-from recal_jax.models.tokenizer import PROTOCOL_TAGS
+from recal_jax.models.tokenizer import PROTOCOL_TAGS, split_pieces
 from recal_jax.routing.pools.registry import AUTO, POOLS
 from recal_jax.routing.prompts import STYLES
 from recal_jax.training.sft_data import QUERY_STYLES, ROUTING_RULES, THINK_STYLES
@@ -80,6 +80,8 @@ class TokenizerSection:
     # (untrained for unseen entities) tokens held the held-out copy at 0.85 on seeds 0 and 1,
     # where byte-pair syllables reach 0.95
     suite_words: bool = False
+    # a regex: each match stays its own piece, no BPE token crosses it (models.tokenizer.train_bpe)
+    split_pattern: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,6 +380,17 @@ def _one_of(choices) -> Callable[[Any], bool]:
 
 _N0, _N1, _POS = _at_least(0), _at_least(1), _real(0.0, open_low=True)
 
+
+def _split_pattern_ok(pattern: str) -> bool:
+    if not pattern:
+        return True
+    try:
+        split_pieces(pattern)
+    except ValueError:
+        return False
+    return True
+
+
 # long: a declarative table, one line per flag; splitting it would only scatter the rules
 _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", _real(0, 2**31 - 1), "must lie in [0, 2**31 - 1]"),
@@ -395,6 +408,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.remat", _one_of(tuple(REMAT_POLICIES)), f"expected one of {sorted(REMAT_POLICIES)}"),
     ("model.attention_impl", _one_of(ATTENTION_IMPLS), f"expected one of {ATTENTION_IMPLS}"),
     ("tokenizer.max_question_tokens", _N0, "must be >= 0 (0 = no cap)"),
+    ("tokenizer.split_pattern", _split_pattern_ok, "must be a regex the tokenizers library accepts (Oniguruma)"),
     ("tokenizer.vocab_size", _at_least(MIN_VOCAB),
      f"must be >= {MIN_VOCAB} (the tokenizer's 256-byte alphabet plus the protocol's special tokens)"),
     ("mesh.data", lambda v: v == -1 or v >= 1, "must be -1 (every remaining device) or >= 1"),
