@@ -67,3 +67,23 @@ def test_a_suite_that_cannot_redraw_its_world_is_refused_by_the_parser():
     c.sft.fresh_worlds = 2
     with pytest.raises(ConfigError, match="sft.fresh_worlds"):
         parse_config(c)
+
+
+def test_chain_demonstrations_mark_each_copied_query(run):
+    """decompose_random demonstrations: each query span decodes to a sub-question (or the whole
+    question) of the world, and the pieces' ids are those of the whole call encoded at once."""
+    demos = [d for d in sft.demonstrations(run, run.cfg.sft) if d.record_id.startswith("compose")]
+    n_chains = 0
+    for demo in demos:
+        assert demo.query_spans, demo.record_id
+        text = run.tokenizer.decode(demo.token_ids)
+        calls = [c.split("</search>")[0] for c in text.split("<search>")[1:]]
+        assert len(calls) == len(demo.query_spans)
+        for call, (start, end) in zip(calls, demo.query_spans):
+            query = run.tokenizer.decode(demo.token_ids[start:end])
+            assert call.split(":", 1)[1].strip() == query.strip()
+            assert parse_query(query) is not None
+            whole = run.tokenizer.encode(f"<search>{call}</search>")
+            assert tuple(whole) in {tuple(demo.token_ids[i:i + len(whole)]) for i in range(len(demo.token_ids))}
+        n_chains += len(demo.query_spans) > 1
+    assert n_chains > 0

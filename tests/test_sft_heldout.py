@@ -76,7 +76,7 @@ def test_run_sft_stops_when_the_criterion_holds(monkeypatch):
     demos, questions = _demos()
     train, held = split_heldout(demos, questions, num_questions=2, seed=0)
     accuracies = iter([0.2, 0.5, 0.95, 0.99])
-    monkeypatch.setattr(sft_module, "answer_copy_accuracy", lambda state, arrays: next(accuracies))
+    monkeypatch.setattr(sft_module, "answer_copy_accuracy", lambda state, arrays, **_: next(accuracies))
     until = HeldOutCriterion(held, target=0.9, every=5, min_steps=0)
     _, info = run_sft(_state(), _fake_step, train, steps=100, batch_size=4, seq_len=16, pad_id=0,
                       seed=0, progress=False, until=until)
@@ -86,11 +86,11 @@ def test_run_sft_stops_when_the_criterion_holds(monkeypatch):
 def test_run_sft_respects_min_steps_and_the_step_cap(monkeypatch):
     demos, questions = _demos()
     train, held = split_heldout(demos, questions, num_questions=2, seed=0)
-    monkeypatch.setattr(sft_module, "answer_copy_accuracy", lambda state, arrays: 1.0)
+    monkeypatch.setattr(sft_module, "answer_copy_accuracy", lambda state, arrays, **_: 1.0)
     _, info = run_sft(_state(), _fake_step, train, steps=100, batch_size=4, seq_len=16, pad_id=0, seed=0,
                       progress=False, until=HeldOutCriterion(held, target=0.9, every=5, min_steps=32))
     assert info["steps"] == 35
-    monkeypatch.setattr(sft_module, "answer_copy_accuracy", lambda state, arrays: 0.0)
+    monkeypatch.setattr(sft_module, "answer_copy_accuracy", lambda state, arrays, **_: 0.0)
     _, info = run_sft(_state(), _fake_step, train, steps=12, batch_size=4, seq_len=16, pad_id=0, seed=0,
                       progress=False, until=HeldOutCriterion(held, target=0.9, every=5))
     assert info == {"steps": 12, "heldout_copy_accuracy": 0.0}
@@ -102,3 +102,40 @@ def test_criterion_rejects_demonstrations_without_an_answer():
         HeldOutCriterion([demo], target=0.9)
     with pytest.raises(ValueError, match="target"):
         HeldOutCriterion([_demo(0, 0)[0]], target=0.0)
+
+
+def test_segment_hits_by_hand():
+    """A row is a hit when every masked token equals the prediction one position earlier."""
+    tokens = np.array([[5, 1, 2, 3], [5, 1, 2, 3], [5, 1, 2, 3]])
+    pred = np.array([[1, 2, 9], [1, 7, 9], [1, 2, 3]])  # predicts tokens[:, 1:]
+    mask = np.array([[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]], bool)
+    hits = np.asarray(sft_module.segment_hits(pred, tokens, mask))
+    assert hits.tolist() == [True, False, False]  # row 1: token 2 mispredicted; row 2: nothing masked
+
+
+def test_copy_mask_covers_the_answer_and_every_copied_query():
+    ids = tuple(range(1, 21))
+    demo = Demonstration("r", "m", ids, (0.0,) * 5 + (1.0,) * 15, (16, 20), ((6, 9), (12, 14)))
+    arrays = pack_demonstrations([demo], seq_len=24, pad_id=0)
+    want = np.zeros(24, bool)
+    want[[6, 7, 8, 12, 13, 16, 17, 18, 19]] = True
+    assert arrays["copy_mask_bt"][0].tolist() == want.tolist()
+    assert arrays["answer_mask_bt"][0].sum() == 4
+    # cut from the left (seq_len 16 keeps the last 16 tokens): every span moves by 4
+    cut = pack_demonstrations([demo], seq_len=16, pad_id=0)
+    assert np.flatnonzero(cut["copy_mask_bt"][0]).tolist() == [2, 3, 4, 8, 9, 12, 13, 14, 15]
+
+
+def test_check_all_reads_the_queries_too(monkeypatch):
+    """With check='all' a demonstration whose answer is right but whose query is not is a miss."""
+    demo = Demonstration("r", "m", tuple(range(1, 13)), (0.0,) * 4 + (1.0,) * 8, (9, 12), ((5, 7),))
+    arrays = pack_demonstrations([demo], seq_len=12, pad_id=0)
+    tokens = arrays["tokens_bt"]
+    pred = tokens[:, 1:].copy()
+    pred[0, 4] += 1  # position 5 (inside the query span) is mispredicted
+    monkeypatch.setattr(sft_module, "_copy_hits", lambda g, p, t, a, m: sft_module.segment_hits(pred, t, m))
+    state = _state(0)
+    assert answer_copy_accuracy(state, arrays, check="answer") == 1.0
+    assert answer_copy_accuracy(state, arrays, check="all") == 0.0
+    with pytest.raises(ValueError, match="check"):
+        HeldOutCriterion([demo], target=0.9, check="queries")

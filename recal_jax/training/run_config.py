@@ -108,6 +108,9 @@ class SftSection:
     # routing="decompose_random": the share of multi-hop questions demonstrated as one direct call
     direct_share: float = 0.25
     heldout_questions: int = 40
+    # what the held-out criterion reads: "answer" (the final answer's copy) or "all" (also every
+    # query the policy copies: a decomposition's sub-questions; sft.routing=decompose_random)
+    copy_check: str = "answer"
     check_every: int = 50
     min_steps: int = 0
     # > 0: also demonstrate on this many re-drawn worlds of the suite (SuiteSpec.resample), whose
@@ -427,6 +430,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sft.until_copy_accuracy", _real(0.0, 1.0), "must lie in [0, 1] (0 = a fixed number of SFT steps)"),
     ("sft.direct_share", _real(0.0, 1.0), "must lie in [0, 1]"),
     ("sft.heldout_questions", _N1, "must be >= 1"),
+    ("sft.copy_check", _one_of(("answer", "all")), "expected one of ('answer', 'all')"),
     ("sft.check_every", _N1, "must be >= 1"),
     ("sft.min_steps", _N0, "must be >= 0"),
     ("sft.fresh_worlds", _N0, "must be >= 0 (0 = demonstrations of the suite's own questions only)"),

@@ -32,22 +32,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAIN_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
+COPY_CHECKS = ("answer", "all")  # sft.copy_check: which segments the held-out copy criterion reads
+_CHECK_MASK = {"answer": "answer_mask_bt", "all": "copy_mask_bt"}
 
 
 @dataclasses.dataclass(frozen=True)
 class HeldOutCriterion:
-    """Stop SFT once the answer-copy accuracy on held-out demonstrations (never trained on)
-    reaches `target`, checked every `every` steps from `min_steps` on. Answer-copy accuracy:
-    the share of demonstrations whose whole final-answer segment (`<answer> .. </answer>`,
-    copied out of the <information> block) the policy predicts token for token under teacher
-    forcing."""
+    """Stop SFT once the copy accuracy on held-out demonstrations (never trained on) reaches
+    `target`, checked every `every` steps from `min_steps` on. Copy accuracy: the share of
+    demonstrations whose copied segments the policy predicts token for token under teacher
+    forcing: with check='answer' the final-answer segment (`<answer> .. </answer>`, copied out of
+    the <information> block); with check='all' also every query it copies (a decomposition's
+    sub-questions, whose subjects come from the question and from the previous reply)."""
 
     demos: Sequence[Demonstration]
     target: float
     every: int = 50
     min_steps: int = 0
+    check: str = "answer"
 
     def __post_init__(self):
+        if self.check not in COPY_CHECKS:
+            raise ValueError(f"HeldOutCriterion.check must be one of {COPY_CHECKS}, got {self.check!r}")
         if not self.demos:
             raise ValueError("HeldOutCriterion needs held-out demonstrations")
         if not any(d.answer_span[1] > d.answer_span[0] for d in self.demos):
@@ -57,23 +63,30 @@ class HeldOutCriterion:
             raise ValueError(f"HeldOutCriterion needs 0 < target <= 1 and every >= 1, got {self.target}, {self.every}")
 
 
+def segment_hits(pred_bt, tokens_bt, mask_bt):
+    """bool[B]: every masked token of tokens_bt is predicted (pred_bt[:, t-1] == tokens_bt[:, t]),
+    for rows with a masked token; pred_bt: the argmax at each position [B, T-1]."""
+    right_bt = (pred_bt == tokens_bt[:, 1:]) | ~mask_bt[:, 1:]
+    return jnp.all(right_bt, axis=-1) & jnp.any(mask_bt, axis=-1)
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _answer_hits(graphdef, params, tokens_bt, attention_mask_bt, answer_mask_bt) -> jax.Array:
-    """bool[B]: every answer token is the argmax of the logits one position earlier."""
+def _copy_hits(graphdef, params, tokens_bt, attention_mask_bt, mask_bt) -> jax.Array:
     logits_btv = nnx.merge(graphdef, params)(tokens_bt, attention_mask_bt)
-    pred_bt = jnp.argmax(logits_btv[:, :-1], axis=-1)
-    right_bt = (pred_bt == tokens_bt[:, 1:]) | ~answer_mask_bt[:, 1:]
-    return jnp.all(right_bt, axis=-1) & jnp.any(answer_mask_bt, axis=-1)
+    return segment_hits(jnp.argmax(logits_btv[:, :-1], axis=-1), tokens_bt, mask_bt)
 
 
-def answer_copy_accuracy(state: TrainState, arrays: dict[str, np.ndarray], batch_size: int = 64) -> float:
-    """Share of packed demonstrations (with an answer segment) whose answer is predicted exactly."""
+def answer_copy_accuracy(state: TrainState, arrays: dict[str, np.ndarray], batch_size: int = 64,
+                         check: str = "answer") -> float:
+    """Share of packed demonstrations (with an answer segment) whose copied segments (`check`,
+    see HeldOutCriterion) are predicted exactly."""
     has_answer = arrays["answer_mask_bt"].any(axis=1)
+    mask = arrays[_CHECK_MASK[check]]
     hits = []
     for start in range(0, len(has_answer), batch_size):
         sl = slice(start, start + batch_size)
-        hits.append(np.asarray(_answer_hits(state.graphdef, state.params, arrays["tokens_bt"][sl],
-                                            arrays["attention_mask_bt"][sl], arrays["answer_mask_bt"][sl])))
+        hits.append(np.asarray(_copy_hits(state.graphdef, state.params, arrays["tokens_bt"][sl],
+                                          arrays["attention_mask_bt"][sl], mask[sl])))
     return float(np.concatenate(hits)[has_answer].mean())
 
 
@@ -105,7 +118,7 @@ def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration
         m = {k: float(v) for k, v in metrics.items()} if log_fn is not None or progress else {}
         done = False
         if until is not None and (step + 1) % until.every == 0:
-            info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = answer_copy_accuracy(state, heldout)
+            info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = answer_copy_accuracy(state, heldout, check=until.check)
             done = step + 1 >= until.min_steps and m["heldout_copy_accuracy"] >= until.target
         if log_fn is not None and (step % 10 == 0 or step == steps - 1 or done or "heldout_copy_accuracy" in m):
             log_fn(step, m)
@@ -162,7 +175,7 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
                           seq_len=min(demo_len, run.seq_len), pad_id=run.tokenizer.pad_id, seed=run.cfg.run.seed,
                           log_fn=log_fn, progress=progress, until=until)
     log.warning("SFT: %d steps%s", info["steps"], "" if until is None else
-                f", held-out answer-copy accuracy {info.get('heldout_copy_accuracy', float('nan')):.3f}")
+                f", held-out copy accuracy ({sft.copy_check}) {info.get('heldout_copy_accuracy', float('nan')):.3f}")
     return state, {**info, **({"notes": notes} if notes else {})}
 
 
@@ -206,7 +219,7 @@ def _held_out(run: "Run", sft: SftSection, demos: list[Demonstration]):
         picks = np.random.default_rng(run.cfg.run.seed).choice(len(heldout), size=min(sft.heldout_questions,
                                                                                      len(heldout)), replace=False)
         return demos, HeldOutCriterion([heldout[i] for i in sorted(picks)], target=sft.until_copy_accuracy,
-                                       every=sft.check_every, min_steps=sft.min_steps), ""
+                                       every=sft.check_every, min_steps=sft.min_steps, check=sft.copy_check), ""
     questions = {r.id: r.question for r in run.suite.train.records}
     distinct = len({questions[d.record_id] for d in demos})
     n_held, note = sft.heldout_questions, ""
@@ -216,4 +229,4 @@ def _held_out(run: "Run", sft: SftSection, demos: list[Demonstration]):
                 f"training questions; holding out {n_held}")
     train, heldout = split_heldout(demos, questions, n_held, run.cfg.run.seed)
     return train, HeldOutCriterion(heldout, target=sft.until_copy_accuracy, every=sft.check_every,
-                                   min_steps=sft.min_steps), note
+                                   min_steps=sft.min_steps, check=sft.copy_check), note

@@ -56,6 +56,9 @@ class Demonstration:
     token_ids: tuple[int, ...]
     loss_mask: tuple[float, ...]
     answer_span: tuple[int, int] = (0, 0)  # [start, end) of the final-answer segment; empty without one
+    # [start, end) of each query the policy writes by copying (a decomposition's sub-questions, or
+    # the whole question of a direct call, with 'decompose_random'); empty for other rules
+    query_spans: tuple[tuple[int, int], ...] = ()
 
 
 def dataset_best_models(log: RoutingLog) -> dict[str, str]:
@@ -176,7 +179,8 @@ def build_demonstrations(
             ids = list(prompt_ids(record))
             segments = chain.segments(record, plan, encode, information_ids, extract_answer, answer_weight,
                                       first_thought(record, think))
-            demos.append(_assemble(record, segments[0][2], ids, [(seg, w) for seg, w, _ in segments]))
+            demos.append(_assemble(record, segments[0][2], ids, [(seg, w) for seg, w, _, _ in segments],
+                                   query_segments={i for i, (_, _, _, is_query) in enumerate(segments) if is_query}))
             continue
         query = record.question if query_style == "question" else FIXED_QUERY
         reply = reply_fn(model, query, record)
@@ -190,16 +194,21 @@ def build_demonstrations(
     return demos
 
 
-def _assemble(record: RoutingRecord, model: str, ids: list[int], segments, with_answer: bool = True) -> Demonstration:
+def _assemble(record: RoutingRecord, model: str, ids: list[int], segments, with_answer: bool = True,
+              query_segments: set[int] = frozenset()) -> Demonstration:
     """A Demonstration of the prompt `ids` followed by the (token ids, loss weight) segments;
-    with_answer: the last segment is the final answer (multi_turn; single_call has none)."""
+    with_answer: the last segment is the final answer (multi_turn; single_call has none);
+    query_segments: the indexes of the segments that are copied queries."""
     mask = [0.0] * len(ids)
-    for seg, weight in segments:
+    query_spans = []
+    for i, (seg, weight) in enumerate(segments):
         seg = list(seg)
+        if i in query_segments:
+            query_spans.append((len(ids), len(ids) + len(seg)))
         ids = ids + seg
         mask += [weight] * len(seg)
     span = (len(ids) - len(segments[-1][0]), len(ids)) if with_answer else (0, 0)
-    return Demonstration(record.id, model, tuple(ids), tuple(mask), span)
+    return Demonstration(record.id, model, tuple(ids), tuple(mask), span, tuple(query_spans))
 
 
 class ChainDemos:
@@ -228,7 +237,8 @@ class ChainDemos:
         return plan
 
     def segments(self, record, plan, encode, information_ids, extract_answer, answer_weight, thought):
-        """[(token ids, loss weight, model of the call)]: calls, information blocks, the answer."""
+        """[(token ids, loss weight, model of the call, is a copied query)]: calls (each as its
+        '<search> MODEL :' head, the query, and ' </search>'), information blocks, the answer."""
         if plan == ("direct",):
             calls = [(self._model(record.dataset), record.question)]
         else:
@@ -238,16 +248,21 @@ class ChainDemos:
             query = template if plan == ("direct",) else template.format(x=subject)
             reply = self.reply_fn(model, query, record)
             lead = f"{thought}\n" if k == 0 else ""
-            out.append((encode(f"{lead}<search> {model} : {query} </search>"), 1.0, model))
-            out.append((information_ids(reply), 0.0, model))
+            # encoded in three pieces, cut where the byte-level pre-tokenizer cuts anyway (before a
+            # space), so the ids are those of the whole call and the query's tokens are known
+            out.append((encode(f"{lead}<search> {model} :"), 1.0, model, False))
+            out.append((encode(f" {query}"), 1.0, model, True))
+            out.append((encode(" </search>"), 1.0, model, False))
+            out.append((information_ids(reply), 0.0, model, False))
             subject = extract_answer(reply)
-        out.append((encode(f"<answer> {extract_answer(reply)} </answer>"), answer_weight, calls[-1][0]))
+        out.append((encode(f"<answer> {extract_answer(reply)} </answer>"), answer_weight, calls[-1][0], False))
         return out
 
 
 def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     """Right-padded arrays: tokens_bt i32, attention_mask_bt bool, loss_mask_bt f32,
-    answer_mask_bt bool (the final-answer segment, see Demonstration.answer_span).
+    answer_mask_bt bool (the final-answer segment, see Demonstration.answer_span), copy_mask_bt
+    bool (the answer and every copied query, Demonstration.query_spans).
 
     Demonstrations longer than seq_len are cut from the left of the prompt (the completion
     is what is learned), keeping the last seq_len tokens."""
@@ -256,6 +271,7 @@ def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: in
     attn = np.zeros((n, seq_len), bool)
     loss = np.zeros((n, seq_len), np.float32)
     answer = np.zeros((n, seq_len), bool)
+    copied = np.zeros((n, seq_len), bool)
     for i, demo in enumerate(demos):
         cut = max(len(demo.token_ids) - seq_len, 0)
         ids, mask = demo.token_ids[cut:], demo.loss_mask[cut:]
@@ -264,4 +280,8 @@ def pack_demonstrations(demos: Sequence[Demonstration], seq_len: int, pad_id: in
         loss[i, : len(ids)] = mask
         start, end = (max(x - cut, 0) for x in demo.answer_span)
         answer[i, start:end] = True
-    return {"tokens_bt": tokens, "attention_mask_bt": attn, "loss_mask_bt": loss, "answer_mask_bt": answer}
+        copied[i, start:end] = True
+        for q_start, q_end in demo.query_spans:
+            copied[i, max(q_start - cut, 0):max(q_end - cut, 0)] = True
+    return {"tokens_bt": tokens, "attention_mask_bt": attn, "loss_mask_bt": loss, "answer_mask_bt": answer,
+            "copy_mask_bt": copied}
