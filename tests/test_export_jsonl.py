@@ -16,3 +16,9 @@ def test_synthetic_suite_round_trips(tmp_path):
         for ra, rb in zip(a.records, b.records):
             assert (ra.id, ra.dataset, ra.question) == (rb.id, rb.dataset, rb.question)
             assert dict(ra.scores) == dict(rb.scores)
+
+
+def test_protocol_override_is_what_the_directory_declares(tmp_path):
+    assert load("synthetic", "", seed=0).train.protocol == "multi_turn"
+    back = load_jsonl_dir(export_suite("synthetic", "", tmp_path / "log", seed=0, protocol="single_call"))
+    assert back.train.protocol == back.test.protocol == "single_call"
