@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from recal_jax.data.schema import RoutingLog
-from recal_jax.evaluation.classical_routers import DEFAULT_LAMBDAS, sweep_result
+from recal_jax.evaluation.classical_routers import DEFAULT_LAMBDAS, relative_costs, sweep_result
 from recal_jax.evaluation.router_result import RouterResult, score_and_cost_matrices
 
 
@@ -28,9 +28,7 @@ def task_predictions(train: RoutingLog, test: RoutingLog) -> np.ndarray:
 def task_router(train: RoutingLog, test: RoutingLog, lambdas=DEFAULT_LAMBDAS) -> RouterResult:
     """The per-task router on `test` at lambda = 0, with its lambda sweep."""
     _, costs_nm = score_and_cost_matrices(train)
-    mean_cost_m = costs_nm.mean(axis=0)
-    cost_m = mean_cost_m / mean_cost_m.max() if mean_cost_m.max() > 0 else mean_cost_m
-    return sweep_result(test, "task", task_predictions(train, test), cost_m, lambdas)
+    return sweep_result(test, "task", task_predictions(train, test), relative_costs(costs_nm), lambdas)
 
 
 def main(argv):

@@ -263,6 +263,12 @@ def softmax_targets(scores_nm: np.ndarray, costs_nm: np.ndarray) -> np.ndarray:
     return np.eye(scores_nm.shape[1])[labels_n] * informative_n[:, None]
 
 
+def relative_costs(costs_nm: np.ndarray) -> np.ndarray:
+    """f64[M]: each model's mean train cost over the largest one (the lambda sweep's cost unit)."""
+    mean_cost_m = costs_nm.mean(axis=0)
+    return mean_cost_m / mean_cost_m.max() if mean_cost_m.max() > 0 else mean_cost_m
+
+
 def sweep_result(test: RoutingLog, name: str, pred_qm, cost_m, lambdas) -> RouterResult:
     """The lambda = 0 routing of `pred_qm` on `test`, carrying the whole lambda sweep."""
     scores_qm, costs_qm = score_and_cost_matrices(test)
@@ -278,8 +284,7 @@ def classical_routers(train: RoutingLog, test: RoutingLog, *, seed: int = 0,
     sweep (`RouterResult.lambda_sweep`); the name records the chosen k / L2 strength."""
     check_logs(train, test)
     scores_nm, costs_nm = score_and_cost_matrices(train)
-    mean_cost_m = costs_nm.mean(axis=0)
-    cost_m = mean_cost_m / mean_cost_m.max() if mean_cost_m.max() > 0 else mean_cost_m
+    cost_m = relative_costs(costs_nm)
     rng = np.random.default_rng(seed)
     n_held = min(len(train) - 1, max(1, math.ceil(config.heldout_frac * len(train))))
     heldout_n = np.sort(rng.permutation(len(train))[:n_held])
@@ -294,6 +299,6 @@ def classical_routers(train: RoutingLog, test: RoutingLog, *, seed: int = 0,
     return {key: sweep_result(test, names[key], preds[key], cost_m, config.lambdas) for key in CLASSICAL_NAMES}
 
 
-__all__ = ["CLASSICAL_NAMES", "ClassicalConfig", "DEFAULT_LAMBDAS", "best_model_labels",
+__all__ = ["CLASSICAL_NAMES", "ClassicalConfig", "DEFAULT_LAMBDAS", "best_model_labels", "relative_costs",
            "classical_routers", "featurize", "fit_linear", "knn_predictions", "neighbour_order", "route",
            "softmax_targets"]

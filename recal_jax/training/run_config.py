@@ -25,7 +25,7 @@ from recal_jax.models.config import REMAT_POLICIES
 from recal_jax.models.tokenizer import PROTOCOL_TAGS, split_pieces
 from recal_jax.routing.pools.registry import AUTO, POOLS
 from recal_jax.routing.prompts import STYLES
-from recal_jax.training.sft_data import QUERY_STYLES, ROUTING_RULES, THINK_STYLES
+from recal_jax.training.sft_data import COPY_CHECKS, QUERY_STYLES, ROUTING_RULES, THINK_STYLES
 
 
 class ConfigError(ValueError):
@@ -430,7 +430,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sft.until_copy_accuracy", _real(0.0, 1.0), "must lie in [0, 1] (0 = a fixed number of SFT steps)"),
     ("sft.direct_share", _real(0.0, 1.0), "must lie in [0, 1]"),
     ("sft.heldout_questions", _N1, "must be >= 1"),
-    ("sft.copy_check", _one_of(("answer", "all")), "expected one of ('answer', 'all')"),
+    ("sft.copy_check", _one_of(COPY_CHECKS), f"expected one of {COPY_CHECKS}"),
     ("sft.check_every", _N1, "must be >= 1"),
     ("sft.min_steps", _N0, "must be >= 0"),
     ("sft.fresh_worlds", _N0, "must be >= 0 (0 = demonstrations of the suite's own questions only)"),

@@ -22,7 +22,7 @@ from recal_jax.training.components import sft_optim_config
 from recal_jax.training.mesh import batch_parallelism
 from recal_jax.training.optim import make_optimizer
 from recal_jax.training.run_config import ConfigError, SftSection
-from recal_jax.training.sft_data import Demonstration, build_demonstrations, pack_demonstrations
+from recal_jax.training.sft_data import COPY_CHECKS, Demonstration, build_demonstrations, pack_demonstrations
 from recal_jax.training.train_state import TrainState
 from recal_jax.training.train_step import make_sft_step
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAIN_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
-COPY_CHECKS = ("answer", "all")  # sft.copy_check: which segments the held-out copy criterion reads
 _CHECK_MASK = {"answer": "answer_mask_bt", "all": "copy_mask_bt"}
 
 
@@ -118,7 +117,8 @@ def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration
         m = {k: float(v) for k, v in metrics.items()} if log_fn is not None or progress else {}
         done = False
         if until is not None and (step + 1) % until.every == 0:
-            info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = answer_copy_accuracy(state, heldout, check=until.check)
+            accuracy = answer_copy_accuracy(state, heldout, check=until.check)
+            info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = accuracy
             done = step + 1 >= until.min_steps and m["heldout_copy_accuracy"] >= until.target
         if log_fn is not None and (step % 10 == 0 or step == steps - 1 or done or "heldout_copy_accuracy" in m):
             log_fn(step, m)

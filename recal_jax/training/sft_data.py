@@ -29,6 +29,9 @@ ROUTING_RULES = ("random", "dataset_best", "mixed", "dataset_random", "decompose
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 _LEAD_IN = re.compile(r"^(the answer is|final answer:|answer:|result:|it is|i believe)\s*", re.I)
 QUERY_STYLES = ("question", "fixed")
+# sft.copy_check: which copied segments the held-out SFT criterion reads (the final answer, or
+# also every query the policy copies; see sft.HeldOutCriterion)
+COPY_CHECKS = ("answer", "all")
 # With query style "fixed" the demonstrations route with this query instead of a copy of the
 # question: for replay and simulated pools the query does not change the reply, and a tiny
 # policy then need not learn to copy a whole question before it can learn to route.
