@@ -72,7 +72,8 @@ Reported (all seconds are wall time, device work waited for at the end of each p
   divided by the devices of the mesh.
 - `rollout_generated_tokens_per_s`: tokens the sampler generated (all rows, before the
   script replaced them) per second of sampler calls (prefill included).
-- `train_step`: tokens (rows x width, padding included, x updates_per_batch), seconds,
+- `train_step`: tokens (rows x width, padding included, x updates_per_batch; with
+  grpo.shared_prompt the prompts U x P plus the completions B x C), seconds,
   model FLOPs per token (launch.gpu_check.train_flops_per_token: 6N + 12 L H Dh T, x 4/3
   with the reference forward in the step) and MFU against the device kind's bf16 peak
   (launch.gpu_check.peak_flops_per_device; null on CPU).
@@ -456,7 +457,8 @@ def _instrumented_classes():
     class TimedIteration(GRPOIteration):
         clock: Any = None
         reference: str = "separate"
-        batches: list = dataclasses.field(default_factory=list)  # (rows, width, real tokens) per train batch
+        # per train batch: (its pieces as (rows, width, attended length), real rollout tokens)
+        batches: list = dataclasses.field(default_factory=list)
 
         def _calibrate(self, rewards, ids_u, calib_state):
             t0 = time.perf_counter()
@@ -470,12 +472,10 @@ def _instrumented_classes():
             self.clock.add("batch_assembly", time.perf_counter() - t0)
             if self.reference == "separate" and state.ref_params is not None:
                 t0 = time.perf_counter()
-                logp, _ = self.logprobs_fn(state.ref_params, jnp.asarray(batch["tokens_bt"]),
-                                           jnp.asarray(batch["attention_mask_bt"]))
+                logp, _ = self.logprobs_fn(state.ref_params, batch)
                 batch["logp_ref_bt"] = np.asarray(jax.block_until_ready(logp))
                 self.clock.add("reference_logprobs", time.perf_counter() - t0)
-            rows, width_ = batch["tokens_bt"].shape
-            self.batches.append((int(rows), int(width_), int(np.asarray(batch["attention_mask_bt"]).sum())))
+            self.batches.append(batch_pieces(batch))
             return batch
 
         def _update(self, state, batch, calib_state):
@@ -486,6 +486,23 @@ def _instrumented_classes():
             return state, metrics
 
     return TimedScorer, RecordingRunner, TimedIteration
+
+
+def batch_pieces(batch: dict) -> tuple[list[tuple[int, int, int]], int]:
+    """What a train batch makes the model run: its pieces (rows, width, attended length), and
+    the real tokens of its rollouts (prompt + completion + information blocks, no padding).
+    Full layout: one piece B x T attending T. Shared-prompt layout: the prompts U x P
+    attending P, and the completions B x C attending P + C; each row counts its prompt."""
+    import numpy as np
+
+    rows, width = np.shape(batch["tokens_bt"])
+    real = int(np.asarray(batch["attention_mask_bt"]).sum())
+    if "prompt_tokens_up" not in batch:
+        return [(int(rows), int(width), int(width))], real
+    prompts, prompt_width = np.shape(batch["prompt_tokens_up"])
+    real += int(np.asarray(batch["prompt_len_u"]).sum()) * (rows // prompts)
+    return [(int(prompts), int(prompt_width), int(prompt_width)),
+            (int(rows), int(width), int(prompt_width + width))], real
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -617,8 +634,8 @@ def _iterate(h: Harness, records, compiles) -> dict:
         "seconds": total, "compiles": compiles.count - c0, "compile_seconds": compiles.seconds - s0,
         "compiled_functions": dict(collections.Counter(compiles.functions) - f0),
         "phases": {k: phases.get(k, 0.0) for k in PHASES},
-        "train_rows": [b[0] for b in batches], "train_width": [b[1] for b in batches],
-        "train_tokens": sum(b[2] for b in batches),
+        "train_pieces": [piece for pieces, _ in batches for piece in pieces],
+        "train_tokens": sum(real for _, real in batches),
         "decode_calls": [dataclasses.asdict(c) for c in h.probe.calls[n_calls:]],
         "rollout": {**{k: v for k, v in rollout.items() if k != "finish_reasons"},
                     "finish_reasons": dict(rollout["finish_reasons"])},
@@ -691,10 +708,10 @@ def _report(cfg, opts, run, h: Harness, per_iteration, wall, setup_compiles, com
 
     grpo = cfg.grpo
     in_step_reference = grpo.kl_coef > 0 and opts.reference == "in_step"
-    shapes = [(r, w) for it in steady for r, w in zip(it["train_rows"], it["train_width"])]
-    train_tokens = sum(r * w for r, w in shapes) * grpo.updates_per_batch
-    train_flops = sum(r * w * train_flops_per_token(model_config, w, in_step_reference)
-                      for r, w in shapes) * grpo.updates_per_batch
+    pieces = [tuple(piece) for it in steady for piece in it["train_pieces"]]
+    train_tokens = sum(r * w for r, w, _ in pieces) * grpo.updates_per_batch
+    train_flops = sum(r * w * train_flops_per_token(model_config, attended, in_step_reference)
+                      for r, w, attended in pieces) * grpo.updates_per_batch
     train_seconds = phase_sums["train_step"]
     peak_flops = peak_flops_per_device(kind)
     mfu = train_flops / train_seconds / (peak_flops * n_dev) if peak_flops and train_seconds > 0 else None
@@ -720,7 +737,8 @@ def _report(cfg, opts, run, h: Harness, per_iteration, wall, setup_compiles, com
                   "vocab_rebuilt": rebuilt, "dtype": cfg.model.dtype, "remat": c.remat,
                   "attention_impl": c.resolved_attention_impl(), **facts},
         "rows": rows, "instances_per_step": grpo.instances_per_step, "group_size": grpo.group_size,
-        "microbatches": grpo.microbatches, "updates_per_batch": grpo.updates_per_batch, "seq_len": run.seq_len,
+        "microbatches": grpo.microbatches, "updates_per_batch": grpo.updates_per_batch,
+        "shared_prompt": h.iteration.shared_prompt, "seq_len": run.seq_len,
         "max_turns": grpo.max_turns, "max_new_tokens_per_turn": grpo.max_new_tokens_per_turn,
         "max_total_tokens": grpo.max_total_tokens, "kl_coef": grpo.kl_coef, "reference": opts.reference,
         "iterations": opts.iterations, "warmup_iterations": opts.warmup, "steady_iterations": len(steady),

@@ -33,3 +33,6 @@ def pad_count(x: int, multiple: int) -> int:
 SEQ_LEN_BUCKET = 16  # rollout sequence length T and SFT demonstration length
 PROMPT_BUCKET = 64  # prompt widths of a generation round (capped at T)
 TRAIN_LENGTH_BUCKET = 32  # the train step's width: the used prefix of a GRPO batch's rollouts
+# the shared-prompt layout's prompt and completion widths: each piece is short and the
+# completions' padding is paid G times per prompt, so a finer bucket pays for its extra shapes
+SHARED_PROMPT_BUCKET = 16

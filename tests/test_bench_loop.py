@@ -238,10 +238,16 @@ def test_train_flops_follow_gpu_check(tiny_report):
     m = report["model"]
     config = ModelConfig.preset(m["preset"], num_layers=m["num_layers"], vocab_size=m["vocab_size"])
     (steady,) = [it for it in report["per_iteration"] if not it["warmup"]]
-    (width,) = set(steady["train_width"])
-    expected = train_flops_per_token(config, width, reference_forward=False)  # reference=separate
-    assert report["train_step"]["flops_per_token"] == pytest.approx(expected)
-    assert report["train_step"]["tokens"] == sum(steady["train_rows"]) * width
+    # shared-prompt layout (the default): the prompts once per group, then the completions,
+    # which attend to prompt + completion
+    (prompts, prompt_width, prompt_attended), (rows, width, attended) = steady["train_pieces"]
+    assert prompt_attended == prompt_width and attended == prompt_width + width
+    assert report["shared_prompt"] and rows == prompts * report["group_size"]
+    tokens = prompts * prompt_width + rows * width
+    flops = (prompts * prompt_width * train_flops_per_token(config, prompt_width, reference_forward=False)
+             + rows * width * train_flops_per_token(config, attended, reference_forward=False))  # reference=separate
+    assert report["train_step"]["flops_per_token"] == pytest.approx(flops / tokens)
+    assert report["train_step"]["tokens"] == tokens
 
 
 def test_decode_bound_of_the_run(tiny_report):

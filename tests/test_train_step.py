@@ -266,9 +266,9 @@ def test_train_batch_drops_old_logprobs_for_one_update():
         logp_old_bt=-np.ones((4, 40), np.float32))
     calls = []
 
-    def logprobs_fn(params, tokens, mask):
-        calls.append(tokens.shape)
-        return jnp.full(tokens.shape, -2.0), None
+    def logprobs_fn(params, batch):
+        calls.append(batch["tokens_bt"].shape)
+        return jnp.full(batch["tokens_bt"].shape, -2.0), None
 
     def make(updates, recompute):
         return GRPOIteration(runner=None, calibration=None, train_step=None,

@@ -19,6 +19,30 @@ from recal_jax.models.config import ModelConfig
 _INIT_STD = 0.02
 
 
+def weight_matmul(x: jax.Array, w: jax.Array, in_dims: int = 1) -> jax.Array:
+    """x[..., *in] @ w[*in, *out] -> [..., *out]: contracts x's last `in_dims` dims with w's
+    first `in_dims` (a weight of the model: no batch dims).
+
+    On CPU as one 2-D GEMM, [rows, prod(in)] @ [prod(in), prod(out)], between reshapes:
+    XLA:CPU runs the backward of a dot with several leading dims (e.g. [B, T, D] x [D, F])
+    through slower kernels than a plain GEMM's (measured 1.5x on the tiny policy's train
+    step). Elsewhere the dot_general as written (what the GPU figures were measured with).
+    """
+    lead, inner = x.shape[:x.ndim - in_dims], x.shape[x.ndim - in_dims:]
+    out = w.shape[in_dims:]
+    if jax.default_backend() != "cpu":
+        return jnp.tensordot(x, w, axes=in_dims)
+    rows = x.reshape(-1, _prod(inner))
+    return (rows @ w.reshape(_prod(inner), _prod(out))).reshape(*lead, *out)
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
 def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], dtype, axes: tuple, init: str = "normal",
           stack: int | None = None):
     """An nnx.Param of `shape` with logical axis names `axes` (one per dim); with `stack`,
@@ -100,21 +124,63 @@ def causal_attention(q_bthd: jax.Array, k_btkd: jax.Array, v_btkd: jax.Array,
     queries, each rematerialised, so that the float32 scores exist for one block at a time
     ([B, H, query_chunk, T] rather than [B, H, T, T]); the same values.
     """
-    b, t, h, d = q_bthd.shape
+    t = q_bthd.shape[1]
     if impl != "xla" or not 0 < query_chunk < t:
         return dot_attention(q_bthd, k_btkd, v_btkd, impl=impl, is_causal=True,
                              kv_lengths_b=kv_lengths_b)
+    key_s = jnp.arange(t, dtype=jnp.int32)
+    visible_bs = key_s[None, :] < kv_lengths_b.astype(jnp.int32)[:, None]
+
+    def mask_bcs(query_c):
+        return visible_bs[:, None, :] & (key_s[None, None, :] <= query_c[None, :, None])
+
+    return _query_blocks(q_bthd, k_btkd, v_btkd, mask_bcs, query_chunk)
+
+
+def prompt_completion_attention(q_bchd: jax.Array, k_bckd: jax.Array, v_bckd: jax.Array,
+                                k_upkd: jax.Array, v_upkd: jax.Array, prompt_len_u: jax.Array,
+                                *, query_chunk: int = 0) -> jax.Array:
+    """Attention of completion tokens over their prompt and their own earlier tokens -> [B, C, H, Dh].
+
+    B = U * G rows; row b continues prompt u = b // G. q/k/v_bc*: the completions' own
+    projections (right-padded, so a real token never sees a pad); k/v_up*: the prompts'
+    (right-padded: key s is real when s < prompt_len_u[u]). Completion query c sees prompt
+    keys s < prompt_len_u[u] and completion keys c' <= c: the attention of row b's query in
+    the concatenated sequence [prompt_u[:len], completion_b] (a test checks), with the
+    prompt's keys computed once per group. Masked XLA attention (any backend); with
+    0 < query_chunk < C, in rematerialised blocks of queries as causal_attention.
+    """
+    b, c = q_bchd.shape[:2]
+    u, p = k_upkd.shape[:2]
+    g = b // u
+    k_bskd = jnp.concatenate([jnp.repeat(k_upkd, g, axis=0).astype(k_bckd.dtype), k_bckd], axis=1)
+    v_bskd = jnp.concatenate([jnp.repeat(v_upkd, g, axis=0).astype(v_bckd.dtype), v_bckd], axis=1)
+    key_s = jnp.arange(p + c, dtype=jnp.int32)
+    prompt_len_b = jnp.repeat(prompt_len_u.astype(jnp.int32), g)
+    prompt_bs = key_s[None, :] < prompt_len_b[:, None]  # prompt_len <= P: only prompt slots
+
+    def mask_bcs(query_c):
+        own_cs = (key_s[None, :] >= p) & (key_s[None, :] - p <= query_c[:, None])
+        return prompt_bs[:, None, :] | own_cs[None, :, :]
+
+    if not 0 < query_chunk < c:
+        return dot_attention(q_bchd, k_bskd, v_bskd, impl="xla",
+                             mask_bts=mask_bcs(jnp.arange(c, dtype=jnp.int32)))
+    return _query_blocks(q_bchd, k_bskd, v_bskd, mask_bcs, query_chunk)
+
+
+def _query_blocks(q_bthd, k_bskd, v_bskd, mask_fn, query_chunk: int) -> jax.Array:
+    """Masked XLA attention over blocks of `query_chunk` queries (lax.scan, each block
+    rematerialised); mask_fn(query_indices_c) -> bool[B, c, S]. -> [B, T, H, Dh]."""
+    b, t, h, d = q_bthd.shape
     n = -(-t // query_chunk)
     q_nbchd = jnp.pad(q_bthd, ((0, 0), (0, n * query_chunk - t), (0, 0), (0, 0)))
     q_nbchd = q_nbchd.reshape(b, n, query_chunk, h, d).swapaxes(0, 1)
-    key_s = jnp.arange(t, dtype=jnp.int32)
-    visible_bs = key_s[None, :] < kv_lengths_b.astype(jnp.int32)[:, None]
 
     @jax.checkpoint
     def block(q_bchd, start):
         query_c = start + jnp.arange(query_chunk, dtype=jnp.int32)
-        mask_bcs = visible_bs[:, None, :] & (key_s[None, None, :] <= query_c[None, :, None])
-        return dot_attention(q_bchd, k_btkd, v_btkd, impl="xla", mask_bts=mask_bcs)
+        return dot_attention(q_bchd, k_bskd, v_bskd, impl="xla", mask_bts=mask_fn(query_c))
 
     starts_n = jnp.arange(n, dtype=jnp.int32) * query_chunk
     _, out_nbchd = jax.lax.scan(lambda _, xs: (None, block(*xs)), None, (q_nbchd, starts_n))
@@ -141,7 +207,7 @@ class Attention(nnx.Module):
         self.dtype = cfg.dtype
 
     def _project(self, x_btd, kernel, bias):
-        out = jnp.einsum("btd,dhk->bthk", x_btd, kernel[...].astype(self.dtype))
+        out = weight_matmul(x_btd, kernel[...].astype(self.dtype))
         if bias is not None:
             out = out + bias[...].astype(self.dtype)
         return out
@@ -156,7 +222,7 @@ class Attention(nnx.Module):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def output(self, attn_bthd: jax.Array) -> jax.Array:
-        return jnp.einsum("bthk,hkd->btd", attn_bthd, self.o_kernel[...].astype(self.dtype))
+        return weight_matmul(attn_bthd, self.o_kernel[...].astype(self.dtype), in_dims=2)
 
 
 class MLP(nnx.Module):
@@ -171,9 +237,9 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd: jax.Array) -> jax.Array:
         dt = self.dtype
-        gate = x_btd @ self.gate_kernel[...].astype(dt)
-        up = x_btd @ self.up_kernel[...].astype(dt)
-        return (jax.nn.silu(gate) * up) @ self.down_kernel[...].astype(dt)
+        gate = weight_matmul(x_btd, self.gate_kernel[...].astype(dt))
+        up = weight_matmul(x_btd, self.up_kernel[...].astype(dt))
+        return weight_matmul(jax.nn.silu(gate) * up, self.down_kernel[...].astype(dt))
 
 
 class DecoderLayer(nnx.Module):
@@ -190,8 +256,15 @@ class DecoderLayer(nnx.Module):
     def __call__(self, x_btd, positions_bt, attend_fn):
         """`attend_fn(q_bthd, k_btkd, v_btkd) -> (attn_bthd, aux)` attends the queries to
         the new keys themselves or to an updated cache; aux is passed through."""
-        q, k, v = self.attn.qkv(self.input_norm(x_btd), positions_bt)
+        q, k, v = self.attention_inputs(x_btd, positions_bt)
         attn_bthd, aux = attend_fn(q, k, v)
+        return self.finish(x_btd, attn_bthd), aux
+
+    def attention_inputs(self, x_btd, positions_bt):
+        """The block's first half up to the attention: rotated q [B,T,H,Dh], k and v [B,T,K,Dh]."""
+        return self.attn.qkv(self.input_norm(x_btd), positions_bt)
+
+    def finish(self, x_btd, attn_bthd):
+        """The block's second half: the attention output added to x, then the MLP."""
         x_btd = x_btd + self.attn.output(attn_bthd)
-        x_btd = x_btd + self.mlp(self.post_attn_norm(x_btd))
-        return x_btd, aux
+        return x_btd + self.mlp(self.post_attn_norm(x_btd))

@@ -12,7 +12,7 @@ from recal_jax.models import kv_cache as kv_cache_lib
 from recal_jax.models.config import ModelConfig
 from recal_jax.models.kv_cache import KVCache
 from recal_jax.models.layers import (
-    DecoderLayer, RMSNorm, causal_attention, dot_attention, param,
+    DecoderLayer, RMSNorm, causal_attention, dot_attention, param, prompt_completion_attention,
 )
 
 
@@ -134,6 +134,44 @@ class Qwen2(nnx.Module):
         h_btd = self.final_norm(self._run_layers(body, x_btd, remat=True))
         inverse_bt = jnp.argsort(perm_bt, axis=1)
         return jnp.take_along_axis(h_btd, inverse_bt[:, :, None], axis=1)
+
+    def hidden_after_prompt(self, prompt_tokens_up: jax.Array, prompt_len_u: jax.Array,
+                            tokens_bc: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(h_last_ud, h_bcd): final-normed hidden states of each prompt's last real token
+        [U, D] and of the completion tokens [B, C, D], for B = U * G rows sharing prompts.
+
+        prompt_tokens_up: int[U, P], right-padded, prompt u's real tokens at s <
+        prompt_len_u[u] (1 <= prompt_len_u <= P); tokens_bc: int[B, C], row b = u * G + g
+        continues prompt u, right-padded (a real token never attends to a pad after it).
+        The prompts run through the layers once per group rather than once per row; the
+        values equal `hidden` of the concatenated rows [prompt_u[:len], tokens_b] at the same
+        tokens (up to float summation order; a test checks).
+        """
+        _check_tokens("prompt_tokens_up", prompt_tokens_up)
+        _check_tokens("tokens_bc", tokens_bc)
+        (u, p), (b, c) = prompt_tokens_up.shape, tokens_bc.shape
+        if np.shape(prompt_len_u) != (u,):
+            raise ValueError(f"prompt_len_u has shape {np.shape(prompt_len_u)}; expected ({u},)")
+        if b % u:
+            raise ValueError(f"tokens_bc has {b} rows, not a multiple of the {u} prompts")
+        g = b // u
+        prompt_len_u = jnp.clip(jnp.asarray(prompt_len_u, jnp.int32), 1, p)
+        positions_up = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (u, p))
+        positions_bc = jnp.repeat(prompt_len_u, g)[:, None] + jnp.arange(c, dtype=jnp.int32)[None, :]
+        impl, chunk = self.config.resolved_attention_impl(), self.config.attention_query_chunk
+
+        def body(layer, carry, _):
+            x_upd, x_bcd = carry
+            qp, kp, vp = layer.attention_inputs(x_upd, positions_up)
+            qc, kc, vc = layer.attention_inputs(x_bcd, positions_bc)
+            attn_up = causal_attention(qp, kp, vp, prompt_len_u, impl=impl, query_chunk=chunk)
+            attn_bc = prompt_completion_attention(qc, kc, vc, kp, vp, prompt_len_u, query_chunk=chunk)
+            return layer.finish(x_upd, attn_up), layer.finish(x_bcd, attn_bc)
+
+        x_upd, x_bcd = self._run_layers(body, (self._embed(prompt_tokens_up), self._embed(tokens_bc)),
+                                        remat=True)
+        last_ud = jnp.take_along_axis(x_upd, (prompt_len_u - 1)[:, None, None], axis=1)[:, 0]
+        return self.final_norm(last_ud), self.final_norm(x_bcd)
 
     # -- cached decoding ------------------------------------------------------------------
 

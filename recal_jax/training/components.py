@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, Iterable
 
+import jax
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -21,9 +22,10 @@ from recal_jax.rollout.sampler import GREEDY, SamplingOptions
 from recal_jax.routing.pools import Pool
 from recal_jax.shapes import SEQ_LEN_BUCKET, round_up
 from recal_jax.training.iteration import GRPOIteration
+from recal_jax.training.mesh import batch_parallelism
 from recal_jax.training.optim import OptimConfig
 from recal_jax.training.run_config import EvalSection, GrpoSection, SftSection
-from recal_jax.training.train_step import LossConfig, compute_logprobs
+from recal_jax.training.train_step import LossConfig, batch_logprobs
 
 SPLITS = ("train", "test")
 
@@ -85,9 +87,9 @@ def loss_config(grpo: GrpoSection) -> LossConfig:
 
 
 def logprobs_fn(graphdef: nnx.GraphDef) -> Callable:
-    """(params, tokens_bt, attention_mask_bt) -> (logp_bt, entropy_bt). compute_logprobs is
-    already jitted (graphdef static), so the partial is not jitted again."""
-    return functools.partial(compute_logprobs, graphdef)
+    """(params, batch) -> (logp_bt, entropy_bt) of a train batch in either layout.
+    batch_logprobs is already jitted (graphdef static), so the partial is not jitted again."""
+    return functools.partial(batch_logprobs, graphdef)
 
 
 def grpo_iteration(grpo: GrpoSection, *, runner: RolloutRunner, calibration: CalibrationConfig,
@@ -99,4 +101,15 @@ def grpo_iteration(grpo: GrpoSection, *, runner: RolloutRunner, calibration: Cal
         runner=runner, calibration=calibration, train_step=train_step, logprobs_fn=logprobs,
         group_size=grpo.group_size, updates_per_batch=grpo.updates_per_batch,
         recompute_old_logprobs=grpo.recompute_old_logprobs, sampling=train_sampling(grpo), mesh=mesh,
+        shared_prompt=uses_shared_prompt(grpo, mesh),
     )
+
+
+def uses_shared_prompt(grpo: GrpoSection, mesh: Mesh | None) -> bool:
+    """grpo.shared_prompt where the layout applies: one process, and whole groups per
+    micro-batch shard (instances_per_step divisible by microbatches x the mesh's data x
+    fsdp); elsewhere the full rows, which give the same gradient."""
+    if not grpo.shared_prompt or jax.process_count() > 1:
+        return False
+    shards = batch_parallelism(mesh) if mesh is not None else 1
+    return grpo.instances_per_step % (grpo.microbatches * shards) == 0

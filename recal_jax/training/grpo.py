@@ -28,12 +28,13 @@ def train(run: "Run", state: TrainState, grpo: GrpoSection, *, optimizer, ckpt: 
     stratified batches in order (an exact resume); checkpoints at the end (and every
     checkpoint.every steps). `evaluate(params, key)` is the periodic evaluation (eval.every)."""
     cfg, timer = run.cfg, run.timer
-    train_step = make_train_step(state.graphdef, optimizer, loss_config=components.loss_config(grpo),
-                                 mesh=run.mesh, num_microbatches=grpo.microbatches)
-    iteration = components.grpo_iteration(grpo, runner=run.train_runner, calibration=run.calibration,
-                                          train_step=train_step, logprobs=components.logprobs_fn(state.graphdef),
-                                          mesh=run.mesh)
-    state = train_step.place(state)
+    with timer.phase("grpo_setup"):
+        train_step = make_train_step(state.graphdef, optimizer, loss_config=components.loss_config(grpo),
+                                     mesh=run.mesh, num_microbatches=grpo.microbatches)
+        iteration = components.grpo_iteration(grpo, runner=run.train_runner, calibration=run.calibration,
+                                              train_step=train_step, logprobs=components.logprobs_fn(state.graphdef),
+                                              mesh=run.mesh)
+        state = train_step.place(state)
     start = int(state.data_position)
     batches = stratified_batches(run.suite.train, grpo.instances_per_step, np.random.default_rng(cfg.run.seed))
     batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
@@ -49,7 +50,8 @@ def train(run: "Run", state: TrainState, grpo: GrpoSection, *, optimizer, ckpt: 
         cost_so_far += metrics["cost_total"]
         metrics["cost_so_far"] = cost_so_far
         if step % cfg.run.log_every == 0 or step == grpo.steps - 1:
-            run_dir.log(step, metrics, phase="train")
+            with timer.phase("metrics_log"):
+                run_dir.log(step, metrics, phase="train")
         if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < grpo.steps:
             with timer.phase("eval_during_grpo"):
                 run_dir.log(step, {"eval": evaluate(state.params, jax.random.key(step))}, phase="eval")

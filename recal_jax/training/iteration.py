@@ -18,10 +18,11 @@ from recal_jax.rollout.engine import RolloutBatch
 from recal_jax.routing.rewards import RewardBatch
 from recal_jax.rollout.runner import RolloutRunner, dataset_ids
 from recal_jax.rollout.sampler import SamplingOptions
-from recal_jax.shapes import TRAIN_LENGTH_BUCKET, round_up
+from recal_jax.shapes import SHARED_PROMPT_BUCKET, TRAIN_LENGTH_BUCKET, round_up
 from recal_jax.training.distributed import (
     allgather_rows, global_max, host_local_batch_to_global, process_local, process_rows,
 )
+from recal_jax.training.prompt_batch import shared_prompt_batch
 from recal_jax.training.train_state import TrainState
 
 calibrate_jit = jax.jit(calibrate, static_argnames=("config",))
@@ -35,12 +36,16 @@ class GRPOIteration:
     runner: RolloutRunner
     calibration: CalibrationConfig
     train_step: Callable  # (state, batch) -> (state, metrics)
-    logprobs_fn: Callable  # (params, tokens_bt, attention_mask_bt) -> (logp_bt, entropy_bt)
+    logprobs_fn: Callable  # (params, batch) -> (logp_bt, entropy_bt): train_step.batch_logprobs
     group_size: int
     updates_per_batch: int = 1
     recompute_old_logprobs: bool = True
     sampling: SamplingOptions = SamplingOptions()
     length_bucket: int = TRAIN_LENGTH_BUCKET
+    # the train batch in the shared-prompt layout (each group's prompt once; train_step's
+    # module doc) when one process runs: the same gradient, less work
+    shared_prompt: bool = False
+    shared_prompt_bucket: int = SHARED_PROMPT_BUCKET
     mesh: Mesh | None = None  # the train step's mesh: needed with several processes (see _call_multi_process)
 
     def __call__(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
@@ -126,9 +131,11 @@ class GRPOIteration:
 
     def train_batch(self, state: TrainState, rollout: RolloutBatch, advantages_b: np.ndarray, *,
                     width: int | None = None, params=None) -> dict:
-        """The train step's batch: the used prefix of the rollouts (rounded up to a multiple of
-        `length_bucket` so that few shapes get compiled), or `width` columns when given (padded
-        with masked pad tokens where the rollouts are narrower: the multi-process batch).
+        """The train step's batch: with `shared_prompt` (and no `width`) the shared-prompt layout
+        (prompt_batch.shared_prompt_batch; prompt and completion widths rounded up to a multiple
+        of `shared_prompt_bucket`); else the used prefix of the full rows (rounded up likewise so that
+        few shapes get compiled), or `width` columns when given (padded with masked pad tokens
+        where the rollouts are narrower: the multi-process batch).
 
         Behaviour log-probs with `recompute_old_logprobs` (the sampler's decode path rounds
         differently from the training forward): with one update per batch the batch carries
@@ -137,23 +144,28 @@ class GRPOIteration:
         the first update, under `params` (default state.params). Without it, the sampler's
         log-probs are used.
         """
-        if width is None:
-            used = int(rollout.attention_mask_bt.sum(1).max())
-            width = min(round_up(used, self.length_bucket), rollout.tokens_bt.shape[1])
-        t = width
-        pad_id = self.runner.engine.pad_id if t > rollout.tokens_bt.shape[1] else 0  # only read when padding
-        batch = {
-            "tokens_bt": _columns(rollout.tokens_bt, t, pad_id),
-            "attention_mask_bt": _columns(rollout.attention_mask_bt, t),
-            "loss_mask_bt": _columns(rollout.loss_mask_bt, t),
-            "logp_old_bt": _columns(rollout.logp_old_bt, t),
-            "advantages_b": advantages_b.astype(np.float32),
-        }
+        if self.shared_prompt and width is None:
+            batch = shared_prompt_batch(
+                rollout.tokens_bt, rollout.attention_mask_bt, rollout.prompt_len_b, self.group_size,
+                bucket=self.shared_prompt_bucket, pad_id=self.runner.engine.pad_id,
+                per_token={"loss_mask_bt": rollout.loss_mask_bt, "logp_old_bt": rollout.logp_old_bt})
+        else:
+            if width is None:
+                used = int(rollout.attention_mask_bt.sum(1).max())
+                width = min(round_up(used, self.length_bucket), rollout.tokens_bt.shape[1])
+            t = width
+            pad_id = self.runner.engine.pad_id if t > rollout.tokens_bt.shape[1] else 0  # only read when padding
+            batch = {
+                "tokens_bt": _columns(rollout.tokens_bt, t, pad_id),
+                "attention_mask_bt": _columns(rollout.attention_mask_bt, t),
+                "loss_mask_bt": _columns(rollout.loss_mask_bt, t),
+                "logp_old_bt": _columns(rollout.logp_old_bt, t),
+            }
+        batch["advantages_b"] = advantages_b.astype(np.float32)
         if self.recompute_old_logprobs and self.updates_per_batch == 1:
             del batch["logp_old_bt"]
         elif self.recompute_old_logprobs:
-            logp, _ = self.logprobs_fn(state.params if params is None else params, jnp.asarray(batch["tokens_bt"]),
-                                       jnp.asarray(batch["attention_mask_bt"]))
+            logp, _ = self.logprobs_fn(state.params if params is None else params, batch)
             batch["logp_old_bt"] = np.asarray(logp) * batch["loss_mask_bt"]
         return batch
 

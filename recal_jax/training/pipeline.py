@@ -35,16 +35,19 @@ def train_and_evaluate(config: Any, workdir, *, progress: bool = True, overwrite
     Resumes from the latest checkpoint in workdir when there is one (the same run only);
     `overwrite` deletes an earlier run's outputs in workdir first."""
     timer = PhaseTimer()
-    cfg = config if isinstance(config, RunConfig) else parse_config(config)
-    workdir = pathlib.Path(workdir)
     with timer.phase("startup"):
+        cfg = config if isinstance(config, RunConfig) else parse_config(config)
+        workdir = pathlib.Path(workdir)
         lock = outputs.claim_workdir(workdir, cfg, overwrite=overwrite)
     try:
         run = set_up(cfg, timer)
-        run_dir = RunDir(workdir)
-        ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
+        with timer.phase("startup"):
+            run_dir = RunDir(workdir)
+        with timer.phase("checkpoint"):
+            ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
         try:
-            run_dir.write_config(cfg.to_dict())  # after every check: a failed start leaves the old one
+            with timer.phase("startup"):
+                run_dir.write_config(cfg.to_dict())  # after every check: a failed start leaves the old one
             return _story(run, run_dir, ckpt, workdir, progress)
         finally:
             ckpt.close()
@@ -84,7 +87,8 @@ def _story(run: Run, run_dir: RunDir, ckpt: Checkpointer, workdir: pathlib.Path,
                 sft_policy = evaluation.evaluate(run, sft_state.params, k_eval)
             run_dir.log(0, {"eval": sft_policy}, phase="eval_sft")
             run_dir.write_sft_eval(sft_policy)
-        state = fresh_grpo_state(sft_state.model())
+        with timer.phase("grpo_setup"):
+            state = fresh_grpo_state(sft_state.model())
     state = grpo.train(run, state, cfg.grpo, optimizer=grpo_opt, ckpt=ckpt, run_dir=run_dir, progress=progress,
                        evaluate=lambda params, k: evaluation.evaluate(run, params, k))
     steps_done = int(state.data_position)

@@ -143,6 +143,9 @@ class GrpoSection:
     max_total_tokens: int = 160
     max_info_tokens: int = 24
     recompute_old_logprobs: bool = True
+    # train on each group's prompt once (train_step's shared-prompt layout; one process only):
+    # the same loss and gradient as the full rows, with less work when prompts are long
+    shared_prompt: bool = True
     stop_at_step: int = 0  # > 0: checkpoint and return after this GRPO step (split a run over jobs)
 
 

@@ -114,18 +114,23 @@ def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration
         cursor += batch_size
         state, metrics = sft_step(state, {k: v[idx] for k, v in arrays.items()})
         info["steps"] = step + 1
-        m = {k: float(v) for k, v in metrics.items()} if log_fn is not None or progress else {}
+        check = until is not None and (step + 1) % until.every == 0
+        log_now = log_fn is not None and (step % 10 == 0 or step == steps - 1 or check)
+        # reading the metrics waits for the step: only on the steps that log, so that the host
+        # prepares the next batches while the device trains
+        m = {k: float(v) for k, v in metrics.items()} if log_now or (progress and step % 10 == 0) else {}
         done = False
-        if until is not None and (step + 1) % until.every == 0:
+        if check:
             accuracy = answer_copy_accuracy(state, heldout, check=until.check)
             info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = accuracy
             done = step + 1 >= until.min_steps and m["heldout_copy_accuracy"] >= until.target
-        if log_fn is not None and (step % 10 == 0 or step == steps - 1 or done or "heldout_copy_accuracy" in m):
+        if log_now:
             log_fn(step, m)
         if "loss" in m:
             bar.set_postfix(loss=f"{m['loss']:.3f}")
         if done:
             break
+    jax.block_until_ready(state.params)  # the queued steps belong to SFT's time, not the next phase's
     return state, info
 
 

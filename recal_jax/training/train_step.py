@@ -19,6 +19,17 @@ Gradient accumulation: the batch is cut into `num_microbatches` interleaved micr
 devices); lax.scan adds the gradients of each micro-batch's loss *sum* and its
 denominator, and the update uses sum(grad) / sum(denom): exactly the gradient of the
 full-batch loss for every aggregation mode.
+
+Shared-prompt layout (a GRPO batch with `prompt_tokens_up`): the G rollouts of a group
+share their prompt, so the batch carries each prompt once, `prompt_tokens_up` i32[U, P]
+(right-padded) with `prompt_len_u` i32[U], and the rows' completions only: `tokens_bt`
+i32[B, C] is row b's completion (B = U * G, row b = u * G + g), right-padded, and every
+[B, C] array is aligned to it, with position 0 predicted from the prompt's last token (so
+position 0 is a real prediction and its loss mask counts). The prompt tokens run through
+the layers once per group and log-probs are computed on the completion positions only:
+the same loss and gradient as the full layout of the same rollouts, for a fraction of the
+work when prompts are long against completions (recal_jax.training.prompt_batch builds it).
+Micro-batches then take whole groups (group u goes to micro-batch u % n).
 """
 from __future__ import annotations
 
@@ -132,6 +143,44 @@ def _forward(graphdef: nnx.GraphDef, params: Any, tokens_bt, attention_mask_bt,
                                   chunk_len_for(tokens_bt.shape[0], chunk_tokens))
 
 
+def _prompt_shared_forward(graphdef: nnx.GraphDef, params: Any, batch: Mapping[str, jax.Array],
+                           chunk_tokens: int = LOGPROB_CHUNK_TOKENS):
+    """(logp_bt, entropy_bt) f32[B, C] of the completions of a shared-prompt batch, position
+    0 predicted from the prompt's last hidden state (see the module doc)."""
+    model = nnx.merge(graphdef, params)
+    tokens_bc = batch["tokens_bt"]
+    h_last_ud, h_bcd = model.hidden_after_prompt(batch["prompt_tokens_up"], batch["prompt_len_u"], tokens_bc)
+    g = tokens_bc.shape[0] // h_last_ud.shape[0]
+    # chunked_token_logprobs predicts token t from hidden t - 1: prepend the prompt's last state
+    h_btd = jnp.concatenate([jnp.repeat(h_last_ud, g, axis=0)[:, None], h_bcd], axis=1)
+    tokens_bt = jnp.pad(tokens_bc, ((0, 0), (1, 0)))
+    logp, ent = chunked_token_logprobs(model.lm_logits, h_btd, tokens_bt,
+                                       chunk_len_for(tokens_bc.shape[0], chunk_tokens))
+    return logp[:, 1:], ent[:, 1:]
+
+
+def is_prompt_shared(batch: Mapping[str, Any]) -> bool:
+    """Whether a GRPO batch uses the shared-prompt layout (module doc)."""
+    return "prompt_tokens_up" in batch
+
+
+def _batch_forward(graphdef: nnx.GraphDef, params: Any, batch: Mapping[str, Any],
+                   chunk_tokens: int = LOGPROB_CHUNK_TOKENS):
+    if is_prompt_shared(batch):
+        return _prompt_shared_forward(graphdef, params, batch, chunk_tokens)
+    return _forward(graphdef, params, batch["tokens_bt"], batch["attention_mask_bt"], chunk_tokens)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def batch_logprobs(graphdef: nnx.GraphDef, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(logp_bt, entropy_bt) f32 aligned to batch["tokens_bt"], in either layout (full:
+    tokens_bt + attention_mask_bt; shared-prompt: plus prompt_tokens_up and prompt_len_u),
+    no gradient. Extra keys of the batch are ignored."""
+    keys = ("tokens_bt", "attention_mask_bt", "prompt_tokens_up", "prompt_len_u")
+    logp, ent = _batch_forward(graphdef, params, {k: batch[k] for k in keys if k in batch})
+    return jax.lax.stop_gradient(logp), jax.lax.stop_gradient(ent)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def compute_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_bt: jax.Array,
                      attention_mask_bt: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -148,6 +197,7 @@ def compute_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_bt: jax.Array,
 
 _GRPO_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt", "advantages_b")
 _GRPO_OPTIONAL = ("logp_old_bt", "logp_ref_bt")
+_PROMPT_KEYS = ("prompt_tokens_up", "prompt_len_u")  # the shared-prompt layout's [U, ...] arrays
 _SFT_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
 
 
@@ -167,19 +217,54 @@ def _check_batch(batch: Mapping[str, Any], required, optional, rows_multiple: in
         raise ValueError("tokens_bt must hold integer token ids")
     b = tokens_shape[0]
     for key, value in batch.items():
+        if key in _PROMPT_KEYS:
+            continue
         want = (b,) if key.endswith("_b") else tokens_shape
         if np.shape(value) != want:
             raise ValueError(f"batch[{key!r}] has shape {np.shape(value)}; expected {want}")
     if b % rows_multiple:
         raise ValueError(f"batch size {b} must be divisible by num_microbatches * data * fsdp "
                          f"= {rows_multiple}")
+    if any(k in batch for k in _PROMPT_KEYS):
+        _check_prompts(batch, b, rows_multiple)
 
 
-def _to_microbatches(x: jax.Array, n: int, mesh: Mesh) -> jax.Array:
-    """[B, ...] -> [n, B/n, ...]; micro-batch i holds rows i, i + n, i + 2n, ..."""
-    y = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+def _check_prompts(batch: Mapping[str, Any], b: int, rows_multiple: int) -> None:
+    """The shared-prompt layout's prompt arrays: both present, U prompts dividing the B rows,
+    and U divisible by num_microbatches * data * fsdp (micro-batches take whole groups)."""
+    missing = [k for k in _PROMPT_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"a shared-prompt batch needs {list(_PROMPT_KEYS)}; it lacks {missing}")
+    prompts = np.shape(batch["prompt_tokens_up"])
+    if len(prompts) != 2 or prompts[0] < 1:
+        raise ValueError(f"prompt_tokens_up must be [U, P]; got {prompts}")
+    u = prompts[0]
+    if np.shape(batch["prompt_len_u"]) != (u,):
+        raise ValueError(f"prompt_len_u has shape {np.shape(batch['prompt_len_u'])}; expected ({u},)")
+    if b % u:
+        raise ValueError(f"{b} rows are not a multiple of the {u} prompts of prompt_tokens_up")
+    if u % rows_multiple:
+        raise ValueError(f"{u} prompts (groups) must be divisible by num_microbatches * data * fsdp "
+                         f"= {rows_multiple}: a micro-batch takes whole groups")
+
+
+def _to_microbatches(x: jax.Array, n: int, mesh: Mesh, rows_per_unit: int = 1) -> jax.Array:
+    """[B, ...] -> [n, B/n, ...]; micro-batch i holds units i, i + n, i + 2n, ... of
+    `rows_per_unit` consecutive rows each (1: single rows; G: whole groups)."""
+    units = x.shape[0] // rows_per_unit
+    y = x.reshape(units // n, n, rows_per_unit, *x.shape[1:]).swapaxes(0, 1)
+    y = y.reshape(n, (units // n) * rows_per_unit, *x.shape[1:])
     spec = P(None, BATCH_AXES, *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+
+
+def _batch_microbatches(batch: dict, n: int, mesh: Mesh) -> dict:
+    """Every array of `batch` cut into n micro-batches: rows interleaved, or (shared-prompt
+    layout) whole groups interleaved, each with its prompt."""
+    if not is_prompt_shared(batch):
+        return {k: _to_microbatches(v, n, mesh) for k, v in batch.items()}
+    g = batch["tokens_bt"].shape[0] // batch["prompt_tokens_up"].shape[0]
+    return {k: _to_microbatches(v, n, mesh, 1 if k in _PROMPT_KEYS else g) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------ generic step
@@ -203,7 +288,7 @@ def _accumulated_grads(loss_fn: LossFn, params: Any, batch: dict, n: int, mesh: 
         grads = jax.tree.map(lambda g, p: safe_divide(g, terms.denom).astype(p.dtype),
                              grads, params)
         return grads, terms, reduce_stacked_aux(jax.tree.map(lambda x: x[None], aux))
-    micro = {k: _to_microbatches(v, n, mesh) for k, v in batch.items()}
+    micro = _batch_microbatches(batch, n, mesh)
 
     def body(carry, mb):
         grad_acc, denom_acc = carry
@@ -282,8 +367,9 @@ def _apply(state: TrainState, optimizer, grads) -> TrainState:
 
 
 def _policy_mask(mb: dict) -> jax.Array:
+    """The loss mask; position 0 has no prediction except in the shared-prompt layout."""
     mask = jnp.asarray(mb["loss_mask_bt"], jnp.float32)
-    return mask.at[:, 0].set(0.0)
+    return mask if is_prompt_shared(mb) else mask.at[:, 0].set(0.0)
 
 
 def _grad_step(loss_fn, state: TrainState, batch: dict, n: int, mesh: Mesh, optimizer):
@@ -306,7 +392,9 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
       advantages_b f32[B]; optionally logp_old_bt f32[B,T] (absent: stop_gradient of the
       current log-probs, i.e. ratio 1, for one update per batch) and logp_ref_bt f32[B,T]
       (absent with loss_config.kl_coef > 0: computed per micro-batch from
-      state.ref_params inside the step).
+      state.ref_params inside the step). Or the shared-prompt layout (module doc): the
+      same keys over the completions [B, C], plus prompt_tokens_up i32[U, P] and
+      prompt_len_u i32[U], with U divisible by num_microbatches * data * fsdp.
     B must be divisible by num_microbatches * data * fsdp. logprob_chunk_tokens: tokens
     (rows x positions) per chunk of the log-prob computation.
     metrics: loss, grad_norm, num_tokens, and policy_loss's aux as plain scalars.
@@ -317,8 +405,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     cfg = loss_config
 
     def forward(params, mb):
-        return _forward(graphdef, params, mb["tokens_bt"], mb["attention_mask_bt"],
-                        logprob_chunk_tokens)
+        return _batch_forward(graphdef, params, mb, logprob_chunk_tokens)
 
     def step_fn(state: TrainState, batch: dict):
         def loss_fn(params, mb):
@@ -338,7 +425,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     rows = n * batch_parallelism(mesh)
 
     def check(state, b):
-        _check_batch(b, _GRPO_KEYS, _GRPO_OPTIONAL, rows)
+        _check_batch(b, _GRPO_KEYS, _GRPO_OPTIONAL + _PROMPT_KEYS, rows)
         if cfg.kl_coef > 0 and "logp_ref_bt" not in b and state.ref_params is None:
             raise ValueError("kl_coef > 0 needs batch['logp_ref_bt'] or state.ref_params")
 
