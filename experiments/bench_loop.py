@@ -495,9 +495,11 @@ def batch_pieces(batch: dict) -> tuple[list[tuple[int, int, int]], int]:
     attending P, and the completions B x C attending P + C; each row counts its prompt."""
     import numpy as np
 
+    from recal_jax.training.train_step import is_prompt_shared
+
     rows, width = np.shape(batch["tokens_bt"])
     real = int(np.asarray(batch["attention_mask_bt"]).sum())
-    if "prompt_tokens_up" not in batch:
+    if not is_prompt_shared(batch):
         return [(int(rows), int(width), int(width))], real
     prompts, prompt_width = np.shape(batch["prompt_tokens_up"])
     real += int(np.asarray(batch["prompt_len_u"]).sum()) * (rows // prompts)

@@ -8,10 +8,9 @@ Both layouts run in this process on the same rollouts: U groups of G rows, each 
 prompt of about --prompt_len tokens (lengths drawn in [prompt_len / 2, prompt_len]) and each
 row's completion of about --completion_len tokens (in [completion_len / 2,
 completion_len]), laid out as the rollout engine does (prompt then completion,
-right-padded). The full layout trains on the used prefix of the rows rounded up to
-recal_jax.shapes.TRAIN_LENGTH_BUCKET, the shared-prompt layout on
-recal_jax.training.prompt_batch.shared_prompt_batch with SHARED_PROMPT_BUCKET, as a run
-builds them. The first step of each is checked to give the same loss and gradient norm;
+right-padded); both batches come from GRPOIteration.train_batch, as a run builds them
+(the full layout: the used prefix of the rows, which are as wide as the engine makes them,
+components.sequence_length with --max_total_tokens; the shared-prompt layout: prompt_batch). The first step of each is checked to give the same loss and gradient norm;
 then each is timed after warm-up (median over --runs steps, each waited for). Defaults: the
 quickstart's GRPO step (tiny 2-layer policy, vocabulary 1,024, 8 x 8 rollouts, prompts of
 about 41 tokens, completions of 14, KL term with its reference forward in the step).
@@ -24,27 +23,29 @@ import argparse
 import platform
 import statistics
 import time
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 from flax import nnx
 
 from recal_jax.models import ModelConfig, Qwen2
-from recal_jax.shapes import SHARED_PROMPT_BUCKET, TRAIN_LENGTH_BUCKET, round_up
 from recal_jax.training.mesh import make_mesh
 from recal_jax.training.optim import OptimConfig, make_optimizer
-from recal_jax.training.prompt_batch import shared_prompt_batch
+from recal_jax.training.run_config import GrpoSection
+from recal_jax.training.components import sequence_length
+from recal_jax.training.iteration import GRPOIteration
 from recal_jax.training.train_state import TrainState
 from recal_jax.training.train_step import LossConfig, make_train_step
 
 
 def rollout_rows(rng: np.random.Generator, groups: int, group_size: int, prompt_len: int, completion_len: int,
-                 vocab: int, pad_id: int):
+                 vocab: int, pad_id: int, seq_len: int = 0):
     """(tokens_bt, attention_mask_bt, loss_mask_bt, prompt_len_b): the engine's row layout;
-    token ids in [0, vocab), pads pad_id."""
+    token ids in [0, vocab), pads pad_id, rows at least seq_len wide (the engine's T)."""
     p_u = rng.integers(max(prompt_len // 2, 1), prompt_len + 1, groups)
     c_b = rng.integers(max(completion_len // 2, 1), completion_len + 1, groups * group_size)
-    t = int(p_u.max() + c_b.max())
+    t = max(int(p_u.max() + c_b.max()), seq_len)
     tokens = np.full((groups * group_size, t), pad_id, np.int32)
     loss = np.zeros(tokens.shape, np.float32)
     prompts = [rng.integers(0, vocab, n) for n in p_u]
@@ -58,19 +59,24 @@ def rollout_rows(rng: np.random.Generator, groups: int, group_size: int, prompt_
 
 
 def layouts(args) -> tuple[dict, dict]:
+    """(full, shared): the train batches GRPOIteration.train_batch builds from the same
+    rollouts, without and with grpo.shared_prompt (old log-probs left to the step)."""
     rng = np.random.default_rng(args.seed)
     pad_id = args.vocab_size - 1
+    seq_len = sequence_length(GrpoSection(max_total_tokens=args.max_total_tokens), [args.prompt_len])
     tokens, mask, loss, plen = rollout_rows(rng, args.groups, args.group_size, args.prompt_len,
-                                            args.completion_len, vocab=pad_id, pad_id=pad_id)
+                                            args.completion_len, vocab=pad_id, pad_id=pad_id, seq_len=seq_len)
+    rollout = SimpleNamespace(tokens_bt=tokens, attention_mask_bt=mask, loss_mask_bt=loss, prompt_len_b=plen,
+                              logp_old_bt=np.zeros(tokens.shape, np.float32))
     adv = rng.standard_normal(len(plen)).astype(np.float32)
-    width = round_up(int(mask.sum(1).max()), TRAIN_LENGTH_BUCKET)
-    pad = max(width - tokens.shape[1], 0)
-    full = {"tokens_bt": np.pad(tokens, ((0, 0), (0, pad)), constant_values=pad_id)[:, :width],
-            "attention_mask_bt": np.pad(mask, ((0, 0), (0, pad)))[:, :width],
-            "loss_mask_bt": np.pad(loss, ((0, 0), (0, pad)))[:, :width], "advantages_b": adv}
-    shared = shared_prompt_batch(tokens, mask, plen, args.group_size, bucket=SHARED_PROMPT_BUCKET, pad_id=pad_id,
-                                 per_token={"loss_mask_bt": loss})
-    return full, shared | {"advantages_b": adv}
+
+    def batch(shared: bool) -> dict:
+        iteration = GRPOIteration(runner=SimpleNamespace(engine=SimpleNamespace(pad_id=pad_id)), calibration=None,
+                                  train_step=None, logprobs_fn=None, group_size=args.group_size,
+                                  shared_prompt=shared)
+        return iteration.train_batch(None, rollout, adv)
+
+    return batch(False), batch(True)
 
 
 def time_steps(step, state, batch, runs: int) -> tuple[float, dict]:
@@ -96,6 +102,7 @@ def main() -> None:
     ap.add_argument("--group_size", type=int, default=8)
     ap.add_argument("--prompt_len", type=int, default=41)
     ap.add_argument("--completion_len", type=int, default=14)
+    ap.add_argument("--max_total_tokens", type=int, default=24, help="grpo.max_total_tokens: the rows' width T")
     ap.add_argument("--microbatches", type=int, default=1)
     ap.add_argument("--kl_coef", type=float, default=0.001)
     ap.add_argument("--runs", type=int, default=20)

@@ -261,9 +261,7 @@ def _to_microbatches(x: jax.Array, n: int, mesh: Mesh, rows_per_unit: int = 1) -
 def _batch_microbatches(batch: dict, n: int, mesh: Mesh) -> dict:
     """Every array of `batch` cut into n micro-batches: rows interleaved, or (shared-prompt
     layout) whole groups interleaved, each with its prompt."""
-    if not is_prompt_shared(batch):
-        return {k: _to_microbatches(v, n, mesh) for k, v in batch.items()}
-    g = batch["tokens_bt"].shape[0] // batch["prompt_tokens_up"].shape[0]
+    g = batch["tokens_bt"].shape[0] // batch["prompt_tokens_up"].shape[0] if is_prompt_shared(batch) else 1
     return {k: _to_microbatches(v, n, mesh, 1 if k in _PROMPT_KEYS else g) for k, v in batch.items()}
 
 
