@@ -37,7 +37,7 @@ from typing import Mapping
 
 from recal_jax.data.compose_world import (
     DATASETS, ENTITY_TYPES, MULTI_HOP_DATASETS, RELATIONS, ParsedQuery, World, make_world, normalize_query,
-    parse_query,
+    parse_query, renamer,
 )
 from recal_jax.data.registry import OptionError, Plan, SuiteRequest, SuiteSpec, register_suite
 from recal_jax.data.schema import ModelInfo, RoutingLog, RoutingRecord, estimate_tokens, price_usd
@@ -313,6 +313,7 @@ def entity_names(suite: Suite) -> tuple[str, ...]:
 register_suite(SuiteSpec(
     "compose", _load, protocol="multi_turn", needs_data_dir=False, pool="compose", options=ComposeOptions,
     multi_hop=multi_hop_datasets, planner=_planner, atomic_words=entity_names, resample=_resample,
+    renamer=renamer,
     description="embedded: a compositional world of people, cities, countries and companies; one- and "
                 "two-hop questions, 5 simulated models that answer the query they are sent"))
 

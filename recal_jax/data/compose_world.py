@@ -51,7 +51,7 @@ import hashlib
 import itertools
 import re
 import string
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -72,6 +72,9 @@ NAME_SPLIT_PATTERN = "|".join(
     rf"(?<=\b{_SYLLABLE * i}){_SYLLABLE}(?={_SYLLABLE * (NAME_SYLLABLES - 1 - i)}\b)"
     if i else rf"\b{_SYLLABLE}(?={_SYLLABLE * (NAME_SYLLABLES - 1)}\b)"
     for i in range(NAME_SYLLABLES))
+# Any word shaped like an entity name (NAME_SYLLABLES consonant-vowel syllables); no template or
+# protocol word has that shape (tests check), so in the world's texts it matches the names only.
+NAME_REGEX = re.compile(rf"\b(?:{_SYLLABLE}){{{NAME_SYLLABLES}}}\b")
 MAX_SUBJECTS = 20_000  # n_train + n_test per dataset; 5 * 20,000 names use < half the name space
 # Words a query may start with before the question itself ("Question: where was ...").
 QUERY_PREFIXES = ("question", "query", "q", "subquestion")
@@ -324,3 +327,27 @@ def make_world(seed: int, n_train_per_dataset: int, n_test_per_dataset: int,
 __all__ = ["DATASETS", "ENTITY_TYPES", "FORMS", "MULTI_HOP_DATASETS", "ONE_HOP_DATASETS", "ParsedQuery",
            "Question", "QuestionForm", "RELATIONS", "Relation", "World", "hop_query", "make_world",
            "normalize_query", "parse_query"]
+
+
+def renamer(rng: np.random.Generator) -> Callable[[str], str]:
+    """text -> text with every entity name (NAME_REGEX) replaced by a fresh name drawn from `rng`:
+    the same name gets the same replacement on every call of this map, and distinct names distinct
+    ones. Applied to all texts of one demonstration (question, queries, replies, answer), it keeps
+    the demonstration consistent while its names are ones no other text shows (sft.rename_share)."""
+    mapping: dict[str, str] = {}
+
+    def fresh() -> str:
+        taken = set(mapping.values())
+        while True:
+            name = "".join(SYLLABLES[int(i)] for i in rng.integers(len(SYLLABLES), size=NAME_SYLLABLES))
+            if name not in taken and name not in RESERVED_WORDS:
+                return name
+
+    def rename(text: str) -> str:
+        def sub(match: re.Match) -> str:
+            if match.group(0) not in mapping:
+                mapping[match.group(0)] = fresh()
+            return mapping[match.group(0)]
+        return NAME_REGEX.sub(sub, text)
+
+    return rename

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from recal_jax.data.schema import RoutingRecord
 from recal_jax.data.loaders import load_dcrouter, load_jsonl_dir, load_nq_pool6, load_qa7
 from recal_jax.data.suite import Suite
@@ -67,6 +69,10 @@ class SuiteSpec:
     # answers. SFT demonstrates on such worlds (sft.fresh_worlds) so that a name cannot be learnt by
     # heart and the copy has to generalise to names never seen.
     resample: Callable[[SuiteRequest, int], tuple[Suite, Callable[[str, str], str]]] | None = None
+    # rng -> (text -> text): replaces every entity name in a text by a fresh name drawn from rng, the
+    # same replacement for the same name on every call of the returned map. SFT shows a share of its
+    # demonstrations with fresh names (sft.rename_share), so that the copy cannot be learnt by heart.
+    renamer: Callable[[np.random.Generator], Callable[[str], str]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

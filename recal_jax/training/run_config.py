@@ -117,6 +117,10 @@ class SftSection:
     # names never occur in the run's own questions, so that the copy cannot be learnt name by name;
     # the held-out criterion then reads questions of one more such world, never trained on.
     fresh_worlds: int = 0
+    # > 0: this share of the demonstrations shows fresh random entity names instead of the world's
+    # (every name of the demonstration replaced consistently, SuiteSpec.renamer): a name then occurs
+    # in one demonstration only, so the copy cannot be learnt name by name and has to generalise.
+    rename_share: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,6 +441,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sft.check_every", _N1, "must be >= 1"),
     ("sft.min_steps", _N0, "must be >= 0"),
     ("sft.fresh_worlds", _N0, "must be >= 0 (0 = demonstrations of the suite's own questions only)"),
+    ("sft.rename_share", _real(0.0, 1.0), "must lie in [0, 1] (0 = the world's own names only)"),
     ("grpo.steps", _N0, "must be >= 0 (0 = no GRPO)"),
     ("grpo.instances_per_step", _N1, "must be >= 1 (questions per GRPO step)"),
     ("grpo.group_size", _at_least(2), "GRPO needs two or more rollouts per group (group_size >= 2); "
@@ -517,6 +522,9 @@ def _check_data(cfg: RunConfig, check_paths: bool) -> None:
     if cfg.sft.fresh_worlds and cfg.sft.steps and spec.resample is None:
         raise _flag("sft.fresh_worlds", cfg.sft.fresh_worlds, f"suite {spec.name!r} cannot re-draw its world "
                     f"(its registry entry has no resample); use 0")
+    if cfg.sft.rename_share and cfg.sft.steps and spec.renamer is None:
+        raise _flag("sft.rename_share", cfg.sft.rename_share, f"suite {spec.name!r} cannot rename its entities "
+                    f"(its registry entry has no renamer); use 0")
     if cfg.reward.answer_metric == "score" and protocol == "multi_turn":
         raise _flag("reward.answer_metric", "score", f"'score' needs the single_call protocol; suite "
                     f"{spec.name!r} runs multi_turn here (use em or f1, or --config.protocol=single_call)")

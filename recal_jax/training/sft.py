@@ -201,7 +201,7 @@ def _demonstrations_of(run: "Run", sft: SftSection, log_, prompt_ids, reply, see
         log_, run.tokenizer.encode, prompt_ids, reply, run.train_runner.engine.information_ids,
         rule=sft.routing, best_prob=sft.best_prob, query_style=sft.query_style, reply_swap=sft.reply_swap,
         answer_weight=sft.answer_weight, think=sft.think, seed=seed, planner=run.planner,
-        direct_share=sft.direct_share,
+        direct_share=sft.direct_share, renamer=SUITES[run.cfg.run.suite].renamer, rename_share=sft.rename_share,
     )
 
 

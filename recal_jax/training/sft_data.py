@@ -153,6 +153,8 @@ def build_demonstrations(
     seed: int = 0,
     planner: Callable[[RoutingRecord], "Plan | None"] | None = None,
     direct_share: float = 0.25,
+    renamer: Callable[[np.random.Generator], Callable[[str], str]] | None = None,
+    rename_share: float = 0.0,
 ) -> list[Demonstration]:
     """Demonstrations for every record of `log`.
 
@@ -167,7 +169,14 @@ def build_demonstrations(
     template learnt in a few steps, and a larger weight keeps the copy from being drowned out.
     think: THINK_STYLES, what the first <think> says (see `first_thought`).
     planner, direct_share: the rule 'decompose_random' (see ROUTING_RULES).
+    renamer, rename_share: a share `rename_share` of the demonstrations is shown with fresh entity
+    names (renamer(rng): text -> text, one map per demonstration, applied to every text it tokenises:
+    question, queries, replies, answer). The pool still answers the world's own query; only what the
+    policy reads and writes is renamed. Drawn from a generator of its own, so the rest of the
+    demonstrations are the same with or without renaming.
     """
+    if rename_share and renamer is None:
+        raise ValueError("rename_share > 0 needs a renamer (a suite whose registry entry has one)")
     if query_style not in QUERY_STYLES:
         raise ValueError(f"unknown SFT query style {query_style!r}; expected one of {QUERY_STYLES}")
     rng = np.random.default_rng(seed)
@@ -176,25 +185,47 @@ def build_demonstrations(
         if planner is None:
             raise ValueError("the SFT rule 'decompose_random' needs a suite whose registry entry has a planner")
         chain = ChainDemos(log, planner, reply_fn, rng, best_prob=best_prob, direct_share=direct_share)
+    rename_rng = np.random.default_rng([seed, 0x7E4A])
     demos = []
     for record, model in zip(log.records, models):
-        if rule == "decompose_random" and (plan := chain.plan(record)) is not None:
-            ids = list(prompt_ids(record))
-            segments = chain.segments(record, plan, encode, information_ids, extract_answer, answer_weight,
-                                      first_thought(record, think))
-            demos.append(_assemble(record, segments[0][2], ids, [(seg, w) for seg, w, _, _ in segments],
-                                   query_segments={i for i, (_, _, _, is_query) in enumerate(segments) if is_query}))
-            continue
-        query = record.question if query_style == "question" else FIXED_QUERY
-        reply = reply_fn(model, query, record)
-        if reply_swap and rng.random() < reply_swap:
-            other = log.records[int(rng.integers(len(log)))]
-            reply = reply_fn(log.model_names[int(rng.integers(len(log.model_names)))], query, other)
-        segments = completion_segments(record, model, reply, log.protocol, encode, information_ids,
-                                       extract_answer, query, answer_weight, first_thought(record, think))
-        demos.append(_assemble(record, model, list(prompt_ids(record)), segments,
-                               with_answer=log.protocol == "multi_turn"))
+        if rename_share and rename_rng.random() < rename_share:
+            record, encode_, information_ids_, prompt_ids_ = _renamed(record, renamer(rename_rng), encode,
+                                                                     information_ids, prompt_ids)
+        else:
+            record, encode_, information_ids_, prompt_ids_ = record, encode, information_ids, prompt_ids
+        demos.append(_demonstration(record, model, encode_, prompt_ids_, reply_fn, information_ids_, extract_answer,
+                                    rule=rule, query_style=query_style, reply_swap=reply_swap,
+                                    answer_weight=answer_weight, think=think, rng=rng, log=log,
+                                    chain=chain if rule == "decompose_random" else None))
     return demos
+
+
+def _renamed(record, rename, encode, information_ids, prompt_ids):
+    """(record, encode, information_ids, prompt_ids) where everything tokenised is renamed first: the
+    record stays the world's (the pool is asked the original queries), the policy reads and writes
+    the renamed texts."""
+    shown = dataclasses.replace(record, question=rename(record.question))
+    return (record, lambda text: encode(rename(text)), lambda text: information_ids(rename(text)),
+            lambda _record: prompt_ids(shown))
+
+
+def _demonstration(record, model, encode, prompt_ids, reply_fn, information_ids, extract_answer, *, rule,
+                   query_style, reply_swap, answer_weight, think, rng, log, chain) -> Demonstration:
+    """One record's demonstration (see build_demonstrations)."""
+    if chain is not None and (plan := chain.plan(record)) is not None:
+        ids = list(prompt_ids(record))
+        segments = chain.segments(record, plan, encode, information_ids, extract_answer, answer_weight,
+                                  first_thought(record, think))
+        return _assemble(record, segments[0][2], ids, [(seg, w) for seg, w, _, _ in segments],
+                         query_segments={i for i, (_, _, _, is_query) in enumerate(segments) if is_query})
+    query = record.question if query_style == "question" else FIXED_QUERY
+    reply = reply_fn(model, query, record)
+    if reply_swap and rng.random() < reply_swap:
+        other = log.records[int(rng.integers(len(log)))]
+        reply = reply_fn(log.model_names[int(rng.integers(len(log.model_names)))], query, other)
+    segments = completion_segments(record, model, reply, log.protocol, encode, information_ids,
+                                   extract_answer, query, answer_weight, first_thought(record, think))
+    return _assemble(record, model, list(prompt_ids(record)), segments, with_answer=log.protocol == "multi_turn")
 
 
 def _assemble(record: RoutingRecord, model: str, ids: list[int], segments, with_answer: bool = True,
