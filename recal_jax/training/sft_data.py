@@ -169,11 +169,8 @@ def build_demonstrations(
     template learnt in a few steps, and a larger weight keeps the copy from being drowned out.
     think: THINK_STYLES, what the first <think> says (see `first_thought`).
     planner, direct_share: the rule 'decompose_random' (see ROUTING_RULES).
-    renamer, rename_share: a share `rename_share` of the demonstrations is shown with fresh entity
-    names (renamer(rng): text -> text, one map per demonstration, applied to every text it tokenises:
-    question, queries, replies, answer). The pool still answers the world's own query; only what the
-    policy reads and writes is renamed. Drawn from a generator of its own, so the rest of the
-    demonstrations are the same with or without renaming.
+    renamer, rename_share: that share of the demonstrations shows fresh entity names (renamer(rng),
+    one text map per demonstration, on every text tokenised; the pool still gets the world's query).
     """
     if rename_share and renamer is None:
         raise ValueError("rename_share > 0 needs a renamer (a suite whose registry entry has one)")
