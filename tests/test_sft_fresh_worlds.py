@@ -3,8 +3,8 @@ fresh world, none of their names is a name of the run's own questions, and the h
 criterion reads a world no demonstration was built from."""
 import pytest
 
-from launch.configs import compose as compose_config
 from launch.configs import quickstart as quickstart_config
+from tests.compose_configs import tiny_compose
 from recal_jax.data.compose import compose_world, fresh_compose
 from recal_jax.data.compose_world import parse_query
 from recal_jax.training import sft
@@ -13,13 +13,7 @@ from recal_jax.training.setup import set_up
 
 
 def _tiny(fresh_worlds: int):
-    c = compose_config.get_config()
-    c.model.num_layers, c.model.hidden_size = 1, 32
-    c.tokenizer.vocab_size = 512
-    c.compose.n_train_per_dataset, c.compose.n_test_per_dataset = 6, 2
-    c.sft.fresh_worlds, c.sft.heldout_questions = fresh_worlds, 10
-    c.grpo.instances_per_step, c.grpo.group_size = 4, 2
-    return c
+    return tiny_compose(fresh_worlds=fresh_worlds)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from launch.configs import compose as compose_config
 from launch.configs import quickstart as quickstart_config
+from tests.compose_configs import tiny_compose
 from recal_jax.data.compose import compose_world
 from recal_jax.data.compose_world import (
     CONSONANTS, NAME_SYLLABLES, RESERVED_WORDS, VOWELS, _template_words, parse_query, renamer,
@@ -22,13 +22,7 @@ _NAME = re.compile(r"\b(?:[" + CONSONANTS + "][" + VOWELS + "]){" + str(NAME_SYL
 
 
 def _tiny(rename_share: float):
-    c = compose_config.get_config()
-    c.model.num_layers, c.model.hidden_size = 1, 32
-    c.tokenizer.vocab_size = 512
-    c.compose.n_train_per_dataset, c.compose.n_test_per_dataset = 6, 2
-    c.sft.rename_share, c.sft.heldout_questions = rename_share, 10
-    c.grpo.instances_per_step, c.grpo.group_size = 4, 2
-    return c
+    return tiny_compose(rename_share=rename_share)
 
 
 def test_the_renamer_maps_each_name_to_one_fresh_name_and_leaves_other_words():
