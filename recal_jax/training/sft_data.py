@@ -186,10 +186,10 @@ def build_demonstrations(
     demos = []
     for record, model in zip(log.records, models):
         if rename_share and rename_rng.random() < rename_share:
-            record, encode_, information_ids_, prompt_ids_ = _renamed(record, renamer(rename_rng), encode,
-                                                                     information_ids, prompt_ids)
+            encode_, information_ids_, prompt_ids_ = _renamed(record, renamer(rename_rng), encode, information_ids,
+                                                              prompt_ids)
         else:
-            record, encode_, information_ids_, prompt_ids_ = record, encode, information_ids, prompt_ids
+            encode_, information_ids_, prompt_ids_ = encode, information_ids, prompt_ids
         demos.append(_demonstration(record, model, encode_, prompt_ids_, reply_fn, information_ids_, extract_answer,
                                     rule=rule, query_style=query_style, reply_swap=reply_swap,
                                     answer_weight=answer_weight, think=think, rng=rng, log=log,
@@ -198,11 +198,10 @@ def build_demonstrations(
 
 
 def _renamed(record, rename, encode, information_ids, prompt_ids):
-    """(record, encode, information_ids, prompt_ids) where everything tokenised is renamed first: the
-    record stays the world's (the pool is asked the original queries), the policy reads and writes
-    the renamed texts."""
+    """(encode, information_ids, prompt_ids) that rename everything they tokenise: the record stays the
+    world's (the pool is asked the original queries), the policy reads and writes the renamed texts."""
     shown = dataclasses.replace(record, question=rename(record.question))
-    return (record, lambda text: encode(rename(text)), lambda text: information_ids(rename(text)),
+    return (lambda text: encode(rename(text)), lambda text: information_ids(rename(text)),
             lambda _record: prompt_ids(shown))
 
 
