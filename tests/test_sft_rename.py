@@ -3,7 +3,9 @@ replaced consistently (the question's subject is the first sub-question's, the l
 answer), none of the world's names is left, the pool is still asked the world's queries, and the
 demonstrations that are not renamed are the same as without renaming."""
 import re
+import types
 
+import jax
 import numpy as np
 import pytest
 
@@ -22,7 +24,7 @@ _NAME = re.compile(r"\b(?:[" + CONSONANTS + "][" + VOWELS + "]){" + str(NAME_SYL
 
 
 def _tiny(rename_share: float):
-    return tiny_compose(rename_share=rename_share)
+    return tiny_compose(rename_share=rename_share, rename_after_copy=0.0)
 
 
 def test_the_renamer_maps_each_name_to_one_fresh_name_and_leaves_other_words():
@@ -119,3 +121,67 @@ def test_a_suite_without_a_renamer_is_refused_by_the_parser():
     c = _tiny(1.5)
     with pytest.raises(ConfigError, match="sft.rename_share"):
         parse_config(c)
+
+
+def test_the_switch_trains_on_the_renamed_demonstrations_from_the_first_check_that_reaches_it(runs, monkeypatch):
+    plain = sft.demonstrations(runs[0.0], runs[0.0].cfg.sft)
+    renamed = sft.demonstrations(runs[1.0], runs[1.0].cfg.sft)
+    plain_rows = {tuple(d.token_ids) for d in plain}
+    accuracies = iter([0.0, 0.4, 0.6, 0.7, 0.8])  # the scripted held-out checks: the third reaches 0.5
+    monkeypatch.setattr(sft, "answer_copy_accuracy", lambda *a, **k: next(accuracies))
+    seen = []
+
+    def step(state, batch):
+        pads = batch["attention_mask_bt"].sum(axis=1)
+        seen.append([tuple(int(t) for t in row[:n]) in plain_rows for row, n in zip(batch["tokens_bt"], pads)])
+        return state, {"loss": np.float32(0.0)}
+
+    until = sft.HeldOutCriterion(plain[:3], target=0.95, every=2, check="all")
+    _, info = sft.run_sft(types.SimpleNamespace(params=np.zeros(2)), step, plain, steps=10, batch_size=4, seq_len=256, pad_id=0, seed=0,
+                          progress=False, until=until, switch=sft.SwitchAfterCopy(renamed, at=0.5))
+    assert info["switched_at_step"] == 6 and info["steps"] == 10
+    assert all(all(rows) for rows in seen[:6])  # the world's names until the check that reached 0.5
+    assert not any(any(rows) for rows in seen[6:])  # then only the renamed ones
+
+
+def test_warm_start_switches_to_the_renamed_version_of_the_same_training_demonstrations(monkeypatch):
+    run = set_up(parse_config(tiny_compose(rename_share=1.0, rename_after_copy=0.5)))
+    captured = {}
+
+    def fake_run_sft(state, step, demos, **kw):
+        captured.update(demos=demos, **kw)
+        return state, {"steps": 0}
+
+    monkeypatch.setattr(sft, "run_sft", fake_run_sft)
+    sft.warm_start(run, run.cfg.sft, jax.random.key(0))
+    demos, switch, until = captured["demos"], captured["switch"], captured["until"]
+    assert switch.at == 0.5 and [d.record_id for d in switch.demos] == [d.record_id for d in demos]
+    assert all(a.token_ids != b.token_ids for a, b in zip(demos, switch.demos))  # all renamed
+    held = {d.record_id for d in until.demos}
+    questions = {r.id: r.question for r in run.suite.train.records}
+    assert not {questions[i] for i in held} & {questions[d.record_id] for d in switch.demos}
+    world_names = {n for names in compose_world(run.cfg.run.seed, run.cfg.suite_options).entities.values()
+                   for n in names}
+    text = run.tokenizer.decode(demos[0].token_ids)
+    assert set(_NAME.findall(text)) & world_names  # the first phase shows the world's own names
+
+
+def test_renaming_after_the_copy_needs_renaming_and_a_held_out_criterion():
+    for fields in (dict(rename_share=0.0, rename_after_copy=0.5),
+                   dict(rename_share=0.5, rename_after_copy=0.5, until_copy_accuracy=0.0)):
+        with pytest.raises(ConfigError, match="sft.rename_after_copy"):
+            parse_config(tiny_compose(**fields))
+
+
+def test_copy_weight_scales_the_loss_of_the_queries_and_the_answer_only(runs):
+    demos = sft.demonstrations(runs[0.0], runs[0.0].cfg.sft)[:6]
+    plain = sft._train_arrays(demos, seq_len=256, pad_id=0, copy_weight=1.0)
+    heavy = sft._train_arrays(demos, seq_len=256, pad_id=0, copy_weight=4.0)
+    for i, demo in enumerate(demos):
+        copied = np.zeros(256, bool)
+        for start, end in [*demo.query_spans, demo.answer_span]:
+            copied[start:end] = True
+        assert copied.any()
+        np.testing.assert_allclose(heavy["loss_mask_bt"][i][copied], 4.0 * np.asarray(demo.loss_mask)[copied[:len(demo.loss_mask)]])
+        np.testing.assert_array_equal(heavy["loss_mask_bt"][i][~copied], plain["loss_mask_bt"][i][~copied])
+    np.testing.assert_array_equal(heavy["tokens_bt"], plain["tokens_bt"])

@@ -32,7 +32,7 @@ def tiny(name: str):
     c.pool.endpoints = ""
     c.prompt_style = "compact"
     c.max_train_instances, c.max_test_instances = 24, 8
-    c.sft.steps, c.sft.batch_size, c.sft.until_copy_accuracy = 1, 8, 0.0
+    c.sft.steps, c.sft.batch_size, c.sft.until_copy_accuracy, c.sft.rename_after_copy = 1, 8, 0.0, 0.0
     g = c.grpo
     g.steps, g.instances_per_step, g.group_size, g.microbatches = 1, 4, 2, 1  # 8 rows: the 8 test devices
     g.max_new_tokens_per_turn, g.max_total_tokens, g.max_info_tokens = 8, 24, 6

@@ -121,6 +121,12 @@ class SftSection:
     # (every name of the demonstration replaced consistently, SuiteSpec.renamer): a name then occurs
     # in one demonstration only, so the copy cannot be learnt name by name and has to generalise.
     rename_share: float = 0.0
+    # > 0: the renamed share enters only once the held-out copy accuracy reaches this value (the
+    # world's own names until then): the copy forms on repeated names, then learns to generalise
+    rename_after_copy: float = 0.0
+    # loss weight factor of the copied segments (every query and the answer: Demonstration.query_spans,
+    # answer_span); the rest of a demonstration is template or a random routing choice
+    copy_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,6 +448,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("sft.min_steps", _N0, "must be >= 0"),
     ("sft.fresh_worlds", _N0, "must be >= 0 (0 = demonstrations of the suite's own questions only)"),
     ("sft.rename_share", _real(0.0, 1.0), "must lie in [0, 1] (0 = the world's own names only)"),
+    ("sft.copy_weight", _real(0.0, 1e3), "must lie in [0, 1000] (1 = the copied segments weigh as much as the rest)"),
+    ("sft.rename_after_copy", _real(0.0, 1.0), "must lie in [0, 1] (0 = renamed demonstrations from the start)"),
     ("grpo.steps", _N0, "must be >= 0 (0 = no GRPO)"),
     ("grpo.instances_per_step", _N1, "must be >= 1 (questions per GRPO step)"),
     ("grpo.group_size", _at_least(2), "GRPO needs two or more rollouts per group (group_size >= 2); "
@@ -525,6 +533,9 @@ def _check_data(cfg: RunConfig, check_paths: bool) -> None:
     if cfg.sft.rename_share and cfg.sft.steps and spec.renamer is None:
         raise _flag("sft.rename_share", cfg.sft.rename_share, f"suite {spec.name!r} cannot rename its entities "
                     f"(its registry entry has no renamer); use 0")
+    if cfg.sft.rename_after_copy and not (cfg.sft.rename_share and cfg.sft.until_copy_accuracy):
+        raise _flag("sft.rename_after_copy", cfg.sft.rename_after_copy, "waits for the held-out copy accuracy "
+                    "before renaming: it needs sft.rename_share > 0 and sft.until_copy_accuracy > 0")
     if cfg.reward.answer_metric == "score" and protocol == "multi_turn":
         raise _flag("reward.answer_metric", "score", f"'score' needs the single_call protocol; suite "
                     f"{spec.name!r} runs multi_turn here (use em or f1, or --config.protocol=single_call)")

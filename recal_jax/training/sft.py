@@ -92,13 +92,21 @@ def answer_copy_accuracy(state: TrainState, arrays: dict[str, np.ndarray], batch
 def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration], *, steps: int,
             batch_size: int, seq_len: int, pad_id: int, seed: int,
             log_fn: Callable[[int, dict], None] | None = None, progress: bool = True,
-            until: HeldOutCriterion | None = None) -> tuple[TrainState, dict]:
+            until: HeldOutCriterion | None = None, switch: SwitchAfterCopy | None = None,
+            copy_weight: float = 1.0) -> tuple[TrainState, dict]:
     """At most `steps` updates on batches drawn without replacement (reshuffled each epoch);
-    with `until`, stops early once its criterion holds. Returns (state, info) with info =
-    {"steps": updates made, "heldout_copy_accuracy": last check (absent without `until`)}."""
+    with `until`, stops early once its criterion holds; with `switch` (needs `until`), trains on
+    switch.demos from the first check whose accuracy reaches switch.at. Returns (state, info) with
+    info = {"steps": updates made, "heldout_copy_accuracy": last check (absent without `until`),
+    "switched_at_step": the update after which switch.demos took over (only when they did)}.
+    copy_weight multiplies the loss weight of every copied segment (the queries and the answer)."""
     if not demos:
         raise ValueError("SFT needs at least one demonstration")
-    arrays = {k: v for k, v in pack_demonstrations(demos, seq_len, pad_id).items() if k in TRAIN_KEYS}
+    if switch is not None and (until is None or len(switch.demos) != len(demos)):
+        raise ValueError("SFT's demonstration switch needs a held-out criterion and as many demonstrations "
+                         f"as it replaces ({len(switch.demos)} for {len(demos)})")
+    pack = functools.partial(_train_arrays, seq_len=seq_len, pad_id=pad_id, copy_weight=copy_weight)
+    arrays = pack(demos)
     heldout = pack_demonstrations(until.demos, seq_len, pad_id) if until is not None else None
     n = len(demos)
     if batch_size > n:
@@ -124,6 +132,9 @@ def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration
             accuracy = answer_copy_accuracy(state, heldout, check=until.check)
             info["heldout_copy_accuracy"] = m["heldout_copy_accuracy"] = accuracy
             done = step + 1 >= until.min_steps and m["heldout_copy_accuracy"] >= until.target
+            if switch is not None and "switched_at_step" not in info and accuracy >= switch.at and not done:
+                arrays, info["switched_at_step"] = pack(switch.demos), step + 1
+                log.warning("SFT: held-out copy accuracy %.3f at step %d: switching demonstrations", accuracy, step + 1)
         if log_now:
             log_fn(step, m)
         if "loss" in m:
@@ -132,6 +143,22 @@ def run_sft(state: TrainState, sft_step: Callable, demos: Sequence[Demonstration
             break
     jax.block_until_ready(state.params)  # the queued steps belong to SFT's time, not the next phase's
     return state, info
+
+
+def _train_arrays(demos: Sequence[Demonstration], *, seq_len: int, pad_id: int, copy_weight: float) -> dict:
+    """The TRAIN_KEYS arrays of `demos`, the copied segments' loss weights times copy_weight."""
+    arrays = pack_demonstrations(demos, seq_len, pad_id)
+    arrays["loss_mask_bt"] = arrays["loss_mask_bt"] * np.where(arrays["copy_mask_bt"], np.float32(copy_weight), 1)
+    return {k: arrays[k] for k in TRAIN_KEYS}
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchAfterCopy:
+    """Train on `demos` (one for each demonstration they replace, in the same order) once the
+    held-out copy accuracy reaches `at` (sft.rename_after_copy: the renamed demonstrations)."""
+
+    demos: Sequence[Demonstration]
+    at: float
 
 
 def split_heldout(demos: Sequence[Demonstration], questions: dict[str, str], num_questions: int,
@@ -159,10 +186,16 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
         return state, {"steps": 0}
     demos = demonstrations(run, sft)
     notes: list[str] = []
-    until = None
+    until = switch = None
+    if sft.rename_after_copy:  # the world's own names first; the renamed share once the copy holds
+        renamed, demos = demos, demonstrations(run, dataclasses.replace(sft, rename_share=0.0))
     if sft.until_copy_accuracy:
-        demos, until, note = _held_out(run, sft, demos)
+        train, until, note = _held_out(run, sft, demos)
         notes += [note] if note else []
+        if sft.rename_after_copy:
+            kept = {id(d) for d in train}
+            switch = SwitchAfterCopy([r for r, d in zip(renamed, demos) if id(d) in kept], at=sft.rename_after_copy)
+        demos = train
     batch_size = sft.batch_size
     if batch_size > len(demos):  # a small log: as many demonstrations per batch as the log has
         shards = batch_parallelism(run.mesh)
@@ -176,9 +209,11 @@ def warm_start(run: "Run", sft: SftSection, key, *, log_fn: Callable[[int, dict]
         log.warning("SFT: %s", note)
     step = make_sft_step(state.graphdef, sft_opt, mesh=run.mesh)
     demo_len = round_up(max(len(d.token_ids) for d in demos), SEQ_LEN_BUCKET)
+    if switch is not None:
+        demo_len = max(demo_len, round_up(max(len(d.token_ids) for d in switch.demos), SEQ_LEN_BUCKET))
     state, info = run_sft(state, step, demos, steps=sft.steps, batch_size=batch_size,
                           seq_len=min(demo_len, run.seq_len), pad_id=run.tokenizer.pad_id, seed=run.cfg.run.seed,
-                          log_fn=log_fn, progress=progress, until=until)
+                          log_fn=log_fn, progress=progress, until=until, switch=switch, copy_weight=sft.copy_weight)
     log.warning("SFT: %d steps%s", info["steps"], "" if until is None else
                 f", held-out copy accuracy ({sft.copy_check}) {info.get('heldout_copy_accuracy', float('nan')):.3f}")
     return state, {**info, **({"notes": notes} if notes else {})}
