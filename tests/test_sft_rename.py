@@ -137,7 +137,8 @@ def test_the_switch_trains_on_the_renamed_demonstrations_from_the_first_check_th
         return state, {"loss": np.float32(0.0)}
 
     until = sft.HeldOutCriterion(plain[:3], target=0.95, every=2, check="all")
-    _, info = sft.run_sft(types.SimpleNamespace(params=np.zeros(2)), step, plain, steps=10, batch_size=4, seq_len=256, pad_id=0, seed=0,
+    state = types.SimpleNamespace(params=np.zeros(2))  # the scripted step never reads it
+    _, info = sft.run_sft(state, step, plain, steps=10, batch_size=4, seq_len=256, pad_id=0, seed=0,
                           progress=False, until=until, switch=sft.SwitchAfterCopy(renamed, at=0.5))
     assert info["switched_at_step"] == 6 and info["steps"] == 10
     assert all(all(rows) for rows in seen[:6])  # the world's names until the check that reached 0.5
@@ -182,6 +183,7 @@ def test_copy_weight_scales_the_loss_of_the_queries_and_the_answer_only(runs):
         for start, end in [*demo.query_spans, demo.answer_span]:
             copied[start:end] = True
         assert copied.any()
-        np.testing.assert_allclose(heavy["loss_mask_bt"][i][copied], 4.0 * np.asarray(demo.loss_mask)[copied[:len(demo.loss_mask)]])
+        own = np.asarray(demo.loss_mask)[copied[:len(demo.loss_mask)]]
+        np.testing.assert_allclose(heavy["loss_mask_bt"][i][copied], 4.0 * own)
         np.testing.assert_array_equal(heavy["loss_mask_bt"][i][~copied], plain["loss_mask_bt"][i][~copied])
     np.testing.assert_array_equal(heavy["tokens_bt"], plain["tokens_bt"])
