@@ -15,6 +15,12 @@ tabulates runs of launch/configs/compose.py against the compositional world's go
 on the multi-hop datasets above the single-call oracle, overall above the linear classical
 router, +0.05 over its own SFT start, format-valid >= 0.95; with the multi-turn behaviour
 (calls per multi-hop question, share of multi-hop questions asked in two or more calls).
+
+    python -m experiments.seed_table --runs_dir=experiments/results/dcrouter --goals=routing
+
+tabulates runs on a score-only log (dcrouter, an own log) against the routing goals: +0.02
+over the best single model at no more than 70% of its cost, and within 0.03 of the linear
+classical router's front (the upper hull of its lambda sweep) at the router's own cost.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ import pathlib
 import pandas as pd
 from absl import app, flags
 
-from experiments import tables
+from experiments import matched_cost, tables
 
 _RUNS_DIR = flags.DEFINE_string("runs_dir", "experiments/results/quickstart", "Directory of seed-S/ runs.")
-_GOALS = flags.DEFINE_enum("goals", "quickstart", ["quickstart", "compose"], "Which promises to check.")
+_GOALS = flags.DEFINE_enum("goals", "quickstart", ["quickstart", "compose", "routing"], "Which promises to check.")
 
 COLUMNS = ("router", "sft_start", "best_single", "random", "oracle", "format_valid", "cost_per_query",
            "wall_s")
@@ -95,12 +101,55 @@ def compose_checks(row: dict[str, float]) -> dict[str, bool]:
     }
 
 
-GOALS = {"quickstart": (seed_row, promise_checks, COLUMNS), "compose": (compose_row, compose_checks, COMPOSE_COLUMNS)}
+ROUTING_COLUMNS = ("router", "sft_start", "best_single", "cost_share", "linear_at_cost", "linear_lambda0",
+                   "format_valid", "cost_per_query", "wall_s")
+
+
+def _front_at(reference: dict, cost: float) -> float:
+    """A classical router's front (matched_cost.front of its lambda sweep) at `cost` (NaN below it)."""
+    points = [(c, a) for _, c, a in reference.get("lambda_sweep", ())] or [
+        (reference["cost_per_query"], reference["accuracy"])]
+    value = matched_cost.accuracy_at(matched_cost.front(points), cost)
+    return float("nan") if value is None else value
+
+
+def routing_row(summary: dict) -> dict[str, float]:
+    """The routing table's numbers of one run's summary.json: the router against the best single
+    model and against the linear and per-task routers' fronts at the router's own cost."""
+    refs, policy = summary["references"], summary["policy"]
+    cost = policy["cost_per_query"]
+    return {
+        "router": policy["accuracy"],
+        "sft_start": summary.get("sft_policy", {}).get("accuracy", float("nan")),
+        "best_single": refs["best_single"]["accuracy"],
+        "cost_share": cost / refs["best_single"]["cost_per_query"],
+        "linear_at_cost": _front_at(refs["linear"], cost),
+        "linear_lambda0": refs["linear"]["accuracy"],
+        "format_valid": policy["format_valid"],
+        "cost_per_query": cost,
+        "wall_s": summary["timings"]["total_seconds"],
+    }
+
+
+def routing_checks(row: dict[str, float]) -> dict[str, bool]:
+    """Issue #23's goals for one seed on a score-only log: +0.02 over the best single model at no
+    more than 70% of its cost, and within 0.03 of the linear router's front at the router's cost."""
+    return {
+        ">= best single + 0.02": row["router"] >= row["best_single"] + 0.02 - 1e-9,
+        "cost <= 70%": row["cost_share"] <= 0.7 + 1e-9,
+        ">= linear front - 0.03": row["router"] >= row["linear_at_cost"] - 0.03 - 1e-9,
+    }
+
+
+GOALS = {"quickstart": (seed_row, promise_checks, COLUMNS), "compose": (compose_row, compose_checks, COMPOSE_COLUMNS),
+         "routing": (routing_row, routing_checks, ROUTING_COLUMNS)}
 
 
 def _fmt(name: str, value: float) -> str:
     if name == "multi_hop_calls":
         return f"{value:.2f}"
+    if name == "cost_share":
+        return f"{value:.0%}"
     if name == "cost_per_query":
         return f"{value:.3g}"
     if name == "wall_s":

@@ -221,3 +221,20 @@ def test_whole_run_on_a_jsonl_log_exports_its_rollouts(tmp_path):
     for row in ds:
         assert len(row["routed_models"]) == len(row["replies"]) <= 1
         assert row["format_ok"] == (row["reward_format"] == 1.0)
+
+
+def test_own_log_default_is_dcrouters_recipe():
+    """The README's claim: a user's own log gets the recipe measured on dcrouter (task named in
+    <think>, task-random SFT routing, long GRPO with a strong KL term and route weight 0.1),
+    not the quickstart's 300 steps at KL 0.001 or the base config's SFT towards the best model."""
+    from launch.configs import dcrouter
+
+    own_config = jsonl_config.get_config()
+    own_config.data_dir = "a_log_dir"  # required by the parser; not read (check_paths=False)
+    own, dc = (parse_config(c, check_paths=False) for c in (own_config, dcrouter.get_config()))
+    for section, field in (("sft", "steps"), ("sft", "routing"), ("sft", "think"), ("grpo", "steps"),
+                           ("grpo", "kl_coef"), ("calibration", "preset")):
+        assert getattr(getattr(own, section), field) == getattr(getattr(dc, section), field), (section, field)
+    assert dict(own.calibration.overrides)["weights"] == dict(dc.calibration.overrides)["weights"] == (
+        0.5, 1.0, 0.25, 0.1, 0.1)
+    assert (own.sft.routing, own.sft.think, own.grpo.kl_coef) == ("dataset_random", "dataset", 0.1)

@@ -58,3 +58,29 @@ def test_compose_table_has_its_columns(tmp_path):
     table = seed_table.seed_table(seed_table.read_runs(tmp_path, "compose"), "compose").splitlines()
     header = [c.strip() for c in table[0].split("|")[1:-1]]
     assert header[:2] == ["seed", "router"] and "multi_hop_oracle" in header and "multi-hop > oracle" in header
+
+
+def _routing_summary(router, cost, best=0.56, best_cost=2e-4):
+    # the linear router's lambda sweep: (lambda, cost, accuracy); its front at cost 1e-4 is, by hand,
+    # halfway along the hull segment (0.5e-4, 0.50) -> (1.5e-4, 0.60): 0.55
+    sweep = [[0.0, 1.5e-4, 0.60], [0.1, 1.0e-4, 0.52], [0.5, 0.5e-4, 0.50]]
+    refs = {"best_single": {"accuracy": best, "cost_per_query": best_cost},
+            "linear": {"accuracy": 0.60, "cost_per_query": 1.5e-4, "lambda_sweep": sweep}}
+    return {"policy": {"accuracy": router, "format_valid": 1.0, "cost_per_query": cost},
+            "sft_policy": {"accuracy": 0.3}, "references": refs, "timings": {"total_seconds": 60.0}}
+
+
+def test_routing_goals_by_hand():
+    row = seed_table.routing_row(_routing_summary(0.585, 1e-4))
+    assert math.isclose(row["linear_at_cost"], 0.55) and math.isclose(row["cost_share"], 0.5)
+    assert seed_table.routing_checks(row) == {">= best single + 0.02": True, "cost <= 70%": True,
+                                              ">= linear front - 0.03": True}
+    # at 75% of the best single model's cost, and 0.025 below the linear front there (within 0.03)
+    row = seed_table.routing_row(_routing_summary(0.575, 1.5e-4))
+    assert seed_table.routing_checks(row) == {">= best single + 0.02": False, "cost <= 70%": False,
+                                              ">= linear front - 0.03": True}
+    row = seed_table.routing_row(_routing_summary(0.56, 1.5e-4))
+    assert not seed_table.routing_checks(row)[">= linear front - 0.03"]
+    # below the linear router's cheapest point its front is undefined: NaN, and the check fails (conservative)
+    row = seed_table.routing_row(_routing_summary(0.5, 1e-5))
+    assert math.isnan(row["linear_at_cost"]) and not seed_table.routing_checks(row)[">= linear front - 0.03"]

@@ -31,10 +31,15 @@ def get_config():
     g.seeds = (0, 1, 2)
     g.route_weights = ()
     g.share_sft = True
+    # The recipe these runs were made with (2026-12-03..06), pinned here since launch/configs/dcrouter.py
+    # moved on to base.score_log_recipe: SFT towards each task's best model half the time, no task
+    # named in <think>, KL 0.001, each preset's own component weights. The new recipe's grid
+    # (2,000 GRPO steps a run) is not rerun yet.
     g.overrides = ml_collections.ConfigDict(dict(
         max_test_instances=0,
-        sft=dict(steps=300),
-        grpo=dict(steps=100, instances_per_step=16, group_size=8),
+        sft=dict(steps=300, routing="mixed", think="fixed"),
+        grpo=dict(steps=100, instances_per_step=16, group_size=8, kl_coef=0.001),
+        calibration=dict(weights=None),
         eval=dict(every=0, greedy=True),
     ))
     return g

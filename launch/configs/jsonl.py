@@ -14,11 +14,13 @@ routed model's logged score is the answer), else multi_turn (the policy answers 
 exact match against the gold answers). reward.answer_metric="auto" follows the protocol
 (score under single_call, em under multi_turn); set it to f1 for F1 rewards.
 
-The recipe is the quickstart's: SFT (200 steps) teaches the protocol, names the record's task in
-the first <think>, and routes each task to a model drawn at random (sft.routing=dataset_random),
-so the warm start says nothing about which model is good; 300 GRPO steps with `recal` then learn
-the routing from the log's scores and costs. (The base recipe, SFT towards each task's best
-model, starts GRPO at a corner: on a score-only log it ended exactly at the best single model.)
+The recipe is dcrouter's (base.score_log_recipe): SFT (200 steps) teaches the protocol, names the
+record's task in the first <think>, and routes each task to a model drawn at random
+(sft.routing=dataset_random), so the warm start says nothing about which model is good; 2,000
+GRPO steps with `recal`, a KL coefficient of 0.1 towards that start and route weight 0.1 then
+learn the routing from the log's scores and costs. (The base recipe, SFT towards each task's best
+model, starts GRPO at a corner: on a score-only log it ended exactly at the best single model;
+the quickstart's 300 steps at KL 0.001 moved every dcrouter task to one cheap model.)
 
     python -m launch.main --config=launch/configs/jsonl.py --config.data_dir=DIR
 """
@@ -27,13 +29,9 @@ from launch.configs import base
 
 
 def get_config():
-    c = base.get_config()
+    c = base.score_log_recipe(base.get_config())
     c.suite = "jsonl"
     c.data_dir = ""  # required: the directory of train.jsonl, test.jsonl, pool.json
     c.protocol = ""  # "" = the log's own (header, else by its gold answers)
     c.reward.answer_metric = "auto"
-    c.sft.steps = 200
-    c.sft.routing = "dataset_random"
-    c.sft.think = "dataset"
-    c.grpo.steps = 300
     return c

@@ -40,7 +40,10 @@ def train(run: "Run", state: TrainState, grpo: GrpoSection, *, optimizer, ckpt: 
     batches = itertools.islice(batches, start, None)  # exact resume: the same batches, in order
     stop = min(grpo.steps, grpo.stop_at_step) if grpo.stop_at_step else grpo.steps
     bar = tqdm(range(start, stop), desc="grpo", disable=not progress, initial=start, total=grpo.steps)
-    cost_so_far = sum(r.get("cost_total", 0.0) for r in run_dir.read_metrics("train"))
+    # a resumed run continues the last logged row's running total (with log_every > 1 the rows
+    # are a subsample, so summing their cost_total would undercount)
+    logged = run_dir.read_metrics("train")
+    cost_so_far = float(logged[-1].get("cost_so_far", 0.0)) if logged else 0.0
     for step in bar:
         compiles = timer.compiles.count
         with timer.phase("grpo_update"):
