@@ -115,7 +115,7 @@ def _front_at(reference: dict, cost: float) -> float:
 
 def routing_row(summary: dict) -> dict[str, float]:
     """The routing table's numbers of one run's summary.json: the router against the best single
-    model and against the linear and per-task routers' fronts at the router's own cost."""
+    model and against the linear router's front at the router's own cost."""
     refs, policy = summary["references"], summary["policy"]
     cost = policy["cost_per_query"]
     return {
