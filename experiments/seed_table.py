@@ -109,7 +109,7 @@ def _front_at(reference: dict, cost: float) -> float:
     """A classical router's front (matched_cost.front of its lambda sweep) at `cost` (NaN below it)."""
     points = [(c, a) for _, c, a in reference.get("lambda_sweep", ())] or [
         (reference["cost_per_query"], reference["accuracy"])]
-    value = matched_cost.accuracy_at(matched_cost.front(points), cost)
+    (value,) = matched_cost.accuracy_at_costs(points, [cost])
     return float("nan") if value is None else value
 
 
