@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from experiments import grid_stats, matched_cost, report_diagnostics, report_plots, tables
-from experiments.grid_layout import COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name
+from experiments.grid_layout import (COMMAND, SUMMARY, is_helper_dir, own_route_weight, parse_run_name,
+                                     sft_run_name)
 from recal_jax.calibration import ALL_PRESET_NAMES
 from recal_jax.evaluation.classical_routers import CLASSICAL_NAMES
 
@@ -45,6 +46,7 @@ class RunResult:
     summary: dict
     train_rows: list[dict]
     config: dict
+    directory: pathlib.Path | None = None  # where the run was read from
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
@@ -74,7 +76,7 @@ def load_runs(results_dir) -> dict[str, list[RunResult]]:
             config = json.loads(config_path.read_text()) if config_path.exists() else {}
             rows = [r for r in _read_jsonl(run_dir / "metrics.jsonl") if r.get("phase") == "train"]
             suites.setdefault(suite_dir.name, []).append(
-                RunResult(suite_dir.name, run_dir.name, preset, rw, seed, summary, rows, config))
+                RunResult(suite_dir.name, run_dir.name, preset, rw, seed, summary, rows, config, run_dir))
     return suites
 
 
@@ -161,13 +163,18 @@ def _preset_rows(runs: list[RunResult], datasets: list[str]) -> list[dict]:
 
 def _sft_steps(run: RunResult) -> int:
     """SFT steps behind a run: its own, or those of the shared warm start it was loaded from
-    (a run started from `<suite>/_sft-s<seed>/export` has sft.steps 0 of its own)."""
+    (a run started from `<suite>/_sft-s<seed>/export` has sft.steps 0 of its own). The start is
+    read where the run's config points, else beside the run (a results directory that was
+    moved, or made under another root, keeps its `_sft-s<seed>` next to the runs)."""
     own = int(run.config["sft"]["steps"])
     start = str(run.config.get("model", {}).get("pretrained_path", ""))
     if own == 0 and start:
-        config = pathlib.Path(start).parent / "config.json"
-        if config.exists():
-            return int(json.loads(config.read_text())["sft"]["steps"])
+        candidates = [pathlib.Path(start).parent / "config.json"]
+        if run.directory is not None:
+            candidates.append(run.directory.parent / sft_run_name(run.seed) / "config.json")
+        for config in candidates:
+            if config.exists():
+                return int(json.loads(config.read_text())["sft"]["steps"])
     return own
 
 

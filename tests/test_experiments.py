@@ -16,6 +16,8 @@ import pytest
 from scipy import stats
 
 from experiments import grid_layout, grid_stats, report, report_plots, run_grid
+from launch.configs import base as base_config
+from launch.configs.base import score_log_recipe
 from recal_jax.calibration import CalibrationConfig
 from recal_jax.calibration.config import ROUTE
 
@@ -88,7 +90,7 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # grid's plain runs (checked below).
     # synthetic_cost: 4 presets x 3 route weights x 3 seeds, 12 of them the synthetic grid's plain runs.
     sizes = {"synthetic": 27, "dcrouter": 33, "nq_pool6": 9, "dcrouter_cost": 48, "dcrouter_ext": 6,
-             "dcrouter_long": 9, "synthetic_cost": 36, "compose": 24, "compose_cost": 18}
+             "dcrouter_long": 9, "synthetic_cost": 36, "compose": 24, "compose_cost": 18, "dcrouter_recipe": 12}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
@@ -119,6 +121,13 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
             assert config.grpo.steps >= 100 and config.eval.greedy and len({r.preset for r in runs}) == 11
         if name == "dcrouter_long":  # its own directory: the same preset names as dcrouter's runs
             assert {r.directory for r in jobs} == {"dcrouter-long"} and config.grpo.steps == 100
+        if name == "dcrouter_recipe":  # the score-log recipe, each run labelled by the weight it trains with
+            assert {r.directory for r in jobs} == {"dcrouter-recipe"} and {r.route_weight for r in runs} == {0.1}
+            recipe = score_log_recipe(base_config.get_config())
+            recal = run_grid.build_run_config(grid, next(r for r in runs if r.preset == "recal"), tmp_path)
+            assert tuple(recal.calibration.weights) == tuple(recipe.calibration.weights)
+            assert (config.grpo.steps, config.grpo.kl_coef) == (recipe.grpo.steps, recipe.grpo.kl_coef)
+            assert (sft.sft.routing, sft.sft.think) == (recipe.sft.routing, recipe.sft.think)
         if name == "synthetic":  # lookup has 100 distinct questions, commonsense 60
             assert sft.synthetic.n_test_per_family < 60
     with pytest.raises(ValueError, match="results_dir"):
@@ -545,6 +554,18 @@ def test_report_hand_computed_case(tmp_path):
     for plot in numbers["plots"].values():
         assert (tmp_path / plot).stat().st_size > 0
     assert "pareto" not in numbers["plots"]
+
+
+def test_sft_steps_of_a_shared_start_are_found_after_the_results_moved(tmp_path):
+    stab = {"reward_std_last_third": 0.1, "grad_norm_spikes": 0, "collapsed": False, "min_format_valid": 1.0}
+    _write_run(tmp_path, "synthetic", "recal-s0", 0.5, {"a": 0.4, "b": 0.6}, 0.01, stab, 0.2, [0.1])
+    # the run was started from an export under a root that no longer exists; its start lies beside it
+    (tmp_path / "synthetic" / "recal-s0" / "config.json").write_text(json.dumps(
+        {"sft": {"steps": 0}, "model": {"pretrained_path": "/gone/synthetic/_sft-s0/export"}}))
+    (tmp_path / "synthetic" / "_sft-s0").mkdir()
+    (tmp_path / "synthetic" / "_sft-s0" / "config.json").write_text(json.dumps({"sft": {"steps": 1500}}))
+    report.write_report(tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["synthetic"]["sft_steps"] == [1500]
 
 
 def test_report_cost_sweep_rows_and_pareto_plot(tmp_path):

@@ -184,6 +184,18 @@ def test_long_questions_are_truncated_and_counted(tmp_path, caplog):
                                        suite.train, CharTokenizer()).truncated) == 0
 
 
+def test_head_tail_cut_reaches_the_prompt(tmp_path):
+    question = "Passage: " + "x" * 5_000 + " the ask?"
+    train = TRAIN.replace("Who wrote Hamlet?", question)
+    c = config_for(write_log_dir(tmp_path, train=train),
+                   **{"tokenizer.max_question_tokens": 40, "tokenizer.question_cut": "head_tail"})
+    suite = builders.load_suite(parse_config(c))
+    prompts = builders.prompt_builder(parse_config(c), suite.train, CharTokenizer())
+    t1 = next(r for r in suite.train.records if r.id == "t1")
+    assert "Passage: " + "x" * 11 + " ... " + "x" * 11 + " the ask?\n" in "".join(map(chr, prompts(t1)))
+    assert prompts.truncated == {"t1"}
+
+
 def tiny_run_config(root):
     c = config_for(root)
     c.tokenizer.vocab_size = 400

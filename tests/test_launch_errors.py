@@ -66,6 +66,7 @@ def validate_config(c):
         ("sft.until_copy_accuracy", 1.5, r"must lie in \[0, 1\]"),
         ("model.remat", "some", "expected one of"),
         ("model.attention_impl", "flash", "expected one of"),
+        ("tokenizer.question_cut", "middle", "expected one of"),
     ],
 )
 def test_each_error_names_its_flag(flag, value, message):

@@ -18,6 +18,7 @@ from recal_jax.routing.pools import Pool
 from recal_jax.routing.pools.registry import PoolRequest, resolve_pool_kind
 from recal_jax.routing.pools.registry import build_pool as registry_build_pool
 from recal_jax.routing.prompts import build_prompt
+from recal_jax.routing.question_cut import cut_question
 from recal_jax.routing.rewards import default_cost_ref
 from recal_jax.training.run_config import (
     ConfigError, ModelSection, PoolSection, RewardSection, RunConfig, TokenizerSection,
@@ -156,39 +157,26 @@ def build_pool(pool: PoolSection, cfg: RunConfig, log_: RoutingLog) -> Pool:
     return registry_build_pool(kind, request)
 
 
-# A token covers at most this many characters in practice: a question is cut to its last
-# max_question_tokens * this many characters before it is tokenised (a 5 MB question is
-# not tokenised whole); the cut part lies far before the tokens that are kept.
-_CHARS_PER_TOKEN_BOUND = 64
-
-
 class PromptBuilder:
     """record -> prompt token ids (the chat template applied when the tokenizer has one).
 
-    Questions longer than `max_question_tokens` tokens (> 0) keep their last that many
-    tokens (long questions, as dcrouter's, keep their end, where the ask is); `truncated`
-    holds the ids of the records whose question was cut. Prompts are cached by (id,
-    question), so two records that share an id never share a prompt."""
+    Questions longer than `max_question_tokens` tokens (> 0) are cut to that many tokens, as
+    `cut` says (routing.question_cut.cut_question); `truncated` holds the ids of the records
+    whose question was cut. Prompts are cached by (id, question), so two records that share an
+    id never share a prompt."""
 
     def __init__(self, log_: RoutingLog, tokenizer: Tokenizer, *, style: str, max_turns: int,
-                 max_question_tokens: int):
+                 max_question_tokens: int, cut: str = "tail"):
         self.log, self.tokenizer = log_, tokenizer
         self.style, self.max_turns = style, max_turns
         self.max_question_tokens = int(max_question_tokens)
+        self.cut = cut
         self.truncated: set[str] = set()
         self._cache: dict[tuple[str, str], list[int]] = {}
 
     def question(self, record: RoutingRecord) -> str:
-        cap, question = self.max_question_tokens, record.question
-        if cap <= 0:
-            return question
-        if len(question) > cap * _CHARS_PER_TOKEN_BOUND:
-            question = question[-cap * _CHARS_PER_TOKEN_BOUND:]
-        ids = self.tokenizer.encode(question)
-        if len(ids) > cap:
-            self.truncated.add(record.id)
-            return self.tokenizer.decode(ids[-cap:])
-        if question is not record.question:  # cut by characters (the rest fits in `cap` tokens)
+        question, was_cut = cut_question(record.question, self.tokenizer, self.max_question_tokens, self.cut)
+        if was_cut:
             self.truncated.add(record.id)
         return question
 
@@ -206,11 +194,11 @@ def prompt_builder(cfg: RunConfig, log_: RoutingLog, tokenizer: Tokenizer) -> Pr
     are truncated (see PromptBuilder), and how many were is logged as a warning (visible at the
     launcher's default verbosity) and kept in `.truncated` (the run summary's truncated_questions)."""
     builder = PromptBuilder(log_, tokenizer, style=cfg.run.prompt_style, max_turns=cfg.grpo.max_turns,
-                            max_question_tokens=cfg.tokenizer.max_question_tokens)
+                            max_question_tokens=cfg.tokenizer.max_question_tokens, cut=cfg.tokenizer.question_cut)
     for record in log_.records:
         builder(record)
     if builder.truncated:
         log.warning("%s: %d of %d questions were longer than tokenizer.max_question_tokens=%d tokens and were "
-                    "truncated to their last %d tokens", log_.name, len(builder.truncated), len(log_.records),
-                    builder.max_question_tokens, builder.max_question_tokens)
+                    "cut to %d tokens (tokenizer.question_cut=%s)", log_.name, len(builder.truncated),
+                    len(log_.records), builder.max_question_tokens, builder.max_question_tokens, builder.cut)
     return builder

@@ -25,6 +25,7 @@ from recal_jax.models.config import REMAT_POLICIES
 from recal_jax.models.tokenizer import PROTOCOL_TAGS, split_pieces
 from recal_jax.routing.pools.registry import AUTO, POOLS
 from recal_jax.routing.prompts import STYLES
+from recal_jax.routing.question_cut import QUESTION_CUTS
 from recal_jax.training.sft_data import COPY_CHECKS, QUERY_STYLES, ROUTING_RULES, THINK_STYLES
 
 
@@ -73,8 +74,11 @@ class ModelSection:
 class TokenizerSection:
     path: str = ""
     vocab_size: int = 1024
-    # longer questions keep their last that many tokens (0 = no cap); summary.json counts them
+    # longer questions are cut to that many tokens (0 = no cap); summary.json counts them
     max_question_tokens: int = 256
+    # how: "tail" keeps the last tokens, "head_tail" the first half and the last half joined by
+    # " ... " (routing.question_cut)
+    question_cut: str = "tail"
     # a trained tokenizer keeps the suite's atomic words (its registry entry's, e.g. the compose
     # world's entity names) as one token each. Off by default: on compose, names as single
     # (untrained for unseen entities) tokens held the held-out copy at 0.85 on seeds 0 and 1,
@@ -424,6 +428,7 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("model.remat", _one_of(tuple(REMAT_POLICIES)), f"expected one of {sorted(REMAT_POLICIES)}"),
     ("model.attention_impl", _one_of(ATTENTION_IMPLS), f"expected one of {ATTENTION_IMPLS}"),
     ("tokenizer.max_question_tokens", _N0, "must be >= 0 (0 = no cap)"),
+    ("tokenizer.question_cut", _one_of(QUESTION_CUTS), f"expected one of {QUESTION_CUTS}"),
     ("tokenizer.split_pattern", _split_pattern_ok, "must be a regex the tokenizers library accepts (Oniguruma)"),
     ("tokenizer.vocab_size", _at_least(MIN_VOCAB),
      f"must be >= {MIN_VOCAB} (the tokenizer's 256-byte alphabet plus the protocol's special tokens)"),
