@@ -10,7 +10,9 @@ A 2,000-step dcrouter run logs 17 MB (a row per step, with ReCal's per-dataset s
 What RESULTS.md reads stays: the summaries' stability figures are computed by the run itself,
 and the report's diagnostics (advantage std per component, informative share, answer gain, cost
 ratio) become means over the kept rows. Each rewritten file gets a `.thinned` note beside it
-saying what was kept, and a file that has one is left as it is.
+saying what was kept, and a file that has one is left as it is. The file is read as a run reads
+it (recal_jax.evaluation.run_dir.read_metrics_file): a line cut by a kill is dropped, and a step
+logged twice keeps its last row.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import json
 import pathlib
 import re
 from typing import Iterable
+
+from recal_jax.evaluation.run_dir import read_metrics_file
 
 PER_DATASET_KEY = re.compile(r"^calibration/dataset_[a-z_]+/\d+$")
 NOTE = ".thinned"
@@ -46,7 +50,7 @@ def thin_file(path: pathlib.Path, every: int) -> bool:
     note = path.with_name(path.name + NOTE)
     if note.exists():
         return False
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_metrics_file(path)
     kept = thin_rows(rows, every)
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     note.write_text(f"every {every}th train step and the last; per-dataset calibration keys dropped; "

@@ -38,3 +38,14 @@ def test_a_file_is_thinned_once(tmp_path):
     # sft 0 1 2, train 2 4 6 and the last 7, eval
     assert "8 of 11 rows kept" in (tmp_path / "metrics.jsonl.thinned").read_text()
     assert not thin_file(path, every=5) and path.read_text() == first
+
+
+def test_a_cut_line_and_a_step_logged_twice_are_read_as_a_run_reads_them(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = _rows()
+    redone = {**rows[4], "reward/answer": 0.99}  # train step 2 again, after a restart
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps(redone) + "\n" + '{"step": 9, "pha')
+    assert thin_file(path, every=2)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    train = [r for r in kept if r["phase"] == "train"]
+    assert [(r["step"], r["reward/answer"]) for r in train] == [(4, 0.4), (6, 0.6), (7, 0.7), (2, 0.99)]

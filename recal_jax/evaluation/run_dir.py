@@ -82,6 +82,15 @@ def dedupe_rows(rows: list[dict]) -> list[dict]:
     return [row for i, row in enumerate(rows) if last[(row.get("phase"), row.get("step"))] == i]
 
 
+def read_metrics_file(path) -> list[dict]:
+    """The rows of a metrics.jsonl file, one per (phase, step) (the last written; lines cut by a
+    kill are dropped); [] when there is no file."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    return dedupe_rows(_parse_rows(path.read_text())[0])
+
+
 class RunDir:
     """Writes a run's artefacts, crash-safe across restarts of the same run.
 
@@ -151,10 +160,7 @@ class RunDir:
 
     def read_metrics(self, phase: str | None = None) -> list[dict]:
         """The rows of `phase` (None: all), one per (phase, step) (the last written)."""
-        if not self.metrics_path.exists():
-            return []
-        rows = dedupe_rows(_parse_rows(self.metrics_path.read_text())[0])
-        return [row for row in rows if phase is None or row.get("phase") == phase]
+        return [row for row in read_metrics_file(self.metrics_path) if phase is None or row.get("phase") == phase]
 
     def write_sft_eval(self, result: Mapping[str, Any]) -> None:
         """The after-SFT evaluation (summary's sft_policy), kept for the summary of a resumed run."""
