@@ -55,7 +55,7 @@ from experiments.grid_layout import (COMMAND, SUMMARY, export_path, has_checkpoi
                                      own_route_weight, preset_weights, router_r1_alpha, run_name, sft_run_name,
                                      uses_router_r1_scalar)
 from recal_jax.calibration.config import ALL_PRESET_NAMES
-from recal_jax.evaluation.run_dir import RunLock, lock_holder
+from recal_jax.evaluation.run_dir import RunLock, config_differences, lock_holder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = "experiments.grid_worker"  # run as `python -m experiments.grid_worker` from ROOT
@@ -294,11 +294,14 @@ def check_sft_record(config: ml_collections.ConfigDict, path: pathlib.Path) -> N
     recorded_path = path / RUN_CONFIG
     if not recorded_path.is_file():
         return
-    recorded = flatten_overrides(json.loads(recorded_path.read_text()))
-    current = flatten_overrides(json.loads(config.to_json()))
-    diff = sorted(k for k in set(recorded) | set(current)
-                  if not k.startswith("calibration.") and k not in NOT_RESULT_KEYS
-                  and recorded.get(k) != current.get(k))
+    from recal_jax.training.run_config import default_dict
+
+    recorded = json.loads(recorded_path.read_text())
+    current = json.loads(config.to_json())
+    # a field added to the code since that job, at its default (what the code did before), does not differ
+    diff = [k for k in config_differences(recorded, current, ("calibration",), defaults=default_dict())
+            if k not in NOT_RESULT_KEYS]
+    recorded, current = flatten_overrides(recorded), flatten_overrides(current)
     if diff:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} there, {current.get(k)!r} now" for k in diff[:5])
         raise ValueError(f"shared SFT job {path} was made with another config ({shown}); "

@@ -90,7 +90,7 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
     # grid's plain runs (checked below).
     # synthetic_cost: 4 presets x 3 route weights x 3 seeds, 12 of them the synthetic grid's plain runs.
     sizes = {"synthetic": 27, "dcrouter": 33, "nq_pool6": 9, "dcrouter_cost": 48, "dcrouter_ext": 6,
-             "dcrouter_long": 9, "synthetic_cost": 36, "compose": 24, "compose_cost": 18, "dcrouter_recipe": 12}
+             "dcrouter_long": 9, "synthetic_cost": 36, "compose": 24, "compose_cost": 18, "dcrouter_recipe": 36}
     for name, size in sizes.items():
         grid = run_grid.load_config_file(ROOT / "experiments" / "grid_configs" / f"{name}.py")
         runs = run_grid.expand_grid(grid)
@@ -122,9 +122,10 @@ def test_grid_configs_expand_to_the_planned_sizes(tmp_path):
         if name == "dcrouter_long":  # its own directory: the same preset names as dcrouter's runs
             assert {r.directory for r in jobs} == {"dcrouter-long"} and config.grpo.steps == 100
         if name == "dcrouter_recipe":  # the score-log recipe, each run labelled by the weight it trains with
-            assert {r.directory for r in jobs} == {"dcrouter-recipe"} and {r.route_weight for r in runs} == {0.1}
+            assert {r.directory for r in jobs} == {"dcrouter-recipe"} and {r.route_weight for r in runs} == {0.05, 0.1, 0.2}
             recipe = score_log_recipe(base_config.get_config())
-            recal = run_grid.build_run_config(grid, next(r for r in runs if r.preset == "recal"), tmp_path)
+            recal = run_grid.build_run_config(
+                grid, next(r for r in runs if r.preset == "recal" and r.route_weight == 0.1), tmp_path)
             assert tuple(recal.calibration.weights) == tuple(recipe.calibration.weights)
             assert (config.grpo.steps, config.grpo.kl_coef) == (recipe.grpo.steps, recipe.grpo.kl_coef)
             assert (sft.sft.routing, sft.sft.think) == (recipe.sft.routing, recipe.sft.think)
@@ -355,6 +356,19 @@ def test_run_grid_share_sft_runs_one_sft_job_per_seed_first(tmp_path):
     with pytest.raises(ValueError, match="sft.steps: 9 there, 2 now"):
         run_grid.run_grid(grid, tmp_path, runner=runner, echo=lines.append)
     assert calls == []
+    # a job recorded before a field existed (here grpo.kl_schedule) is reused while the field is at its default
+    recorded = json.loads(run_grid.build_run_config(_grid(share_sft=True), run_grid.sft_job("synthetic", 0)).to_json())
+    del recorded["grpo"]["kl_schedule"]
+    (tmp_path / "synthetic" / "_sft-s0" / run_grid.RUN_CONFIG).write_text(json.dumps(recorded))
+    run_grid.check_sft_record(run_grid.build_run_config(_grid(share_sft=True), run_grid.sft_job("synthetic", 0)),
+                              tmp_path / "synthetic" / "_sft-s0")
+    with pytest.raises(ValueError, match="grpo.kl_schedule: None there, 'linear' now"):
+        run_grid.check_sft_record(run_grid.build_run_config(_grid(share_sft=True, overrides={"grpo": {"kl_schedule": "linear"}}),
+                                                            run_grid.sft_job("synthetic", 0)),
+                                  tmp_path / "synthetic" / "_sft-s0")
+    (tmp_path / "synthetic" / "_sft-s0" / run_grid.RUN_CONFIG).write_text(
+        run_grid.build_run_config(_grid(share_sft=True, overrides={"sft": {"steps": 9}}),
+                                  run_grid.sft_job("synthetic", 0)).to_json())
     run_grid.check_sft_record(  # the calibration section is not SFT's business
         run_grid.build_run_config(_grid(share_sft=True, overrides={"sft": {"steps": 9},
                                                                    "calibration": {"tau": 2.0}}),

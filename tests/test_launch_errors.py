@@ -67,6 +67,8 @@ def validate_config(c):
         ("model.remat", "some", "expected one of"),
         ("model.attention_impl", "flash", "expected one of"),
         ("tokenizer.question_cut", "middle", "expected one of"),
+        ("grpo.kl_schedule", "exponential", "expected one of"),
+        ("grpo.kl_coef_final", -0.1, "must be a finite number >= 0"),
     ],
 )
 def test_each_error_names_its_flag(flag, value, message):
@@ -86,6 +88,10 @@ def test_cross_checks():
     c = quickstart.get_config()
     c.sft.until_copy_accuracy = 0.9  # single_call has no answer to copy
     with pytest.raises(ConfigError, match=r"^--config.sft.until_copy_accuracy=0.9: the held-out criterion"):
+        validate_config(c)
+    c = quickstart.get_config()
+    c.grpo.kl_schedule, c.grpo.kl_coef = "cosine", 0.0  # nothing to decay from, and no reference model
+    with pytest.raises(ConfigError, match=r"^--config.grpo.kl_schedule='cosine': starts at grpo.kl_coef"):
         validate_config(c)
     c = jsonl.get_config()
     with pytest.raises(ConfigError, match=r"^--config.data_dir='': suite 'jsonl' reads logged data"):

@@ -354,3 +354,16 @@ def test_hypothesis_finite_and_matches_reference(b, t, seed, mode, scale):
     np.testing.assert_allclose(loss.value(), want, rtol=2e-5, atol=1e-5 * max(1.0, abs(want)))
     assert isinstance(loss, LossTerms)
     chex.assert_tree_all_finite(aggregate_terms(np.full((b, t), scale, np.float32), mask, mode))
+
+
+def test_per_row_kl_coefficient_matches_reference():
+    """kl_coef as f32[B] (a scheduled coefficient, traced): each row's KL term has its own weight."""
+    logp, old, adv, mask, ref = random_batch(4)
+    coef_b = np.linspace(0.0, 0.3, logp.shape[0]).astype(np.float32)
+    loss, _ = policy_loss(logp, old, adv, mask, logp_ref=ref, kl_coef=jnp.asarray(coef_b), agg="token-mean")
+    tok = ref_token_loss(logp, old, adv) + coef_b[:, None] * ref_kl(logp, ref, "k3")
+    np.testing.assert_allclose(loss.value(), ref_aggregate(tok, mask, "token-mean"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"kl_coef must be a number or f32\[B\]"):
+        policy_loss(logp, old, adv, mask, logp_ref=ref, kl_coef=jnp.zeros(logp.shape[0] + 1))
+    with pytest.raises(ValueError, match="kl_coef != 0 needs logp_ref"):
+        policy_loss(logp, old, adv, mask, kl_coef=jnp.asarray(coef_b))

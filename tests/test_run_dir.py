@@ -161,6 +161,20 @@ def test_config_differences_names_the_dotted_keys():
          "grpo.steps", "grpo.steps_per_eval"])
 
 
+def test_a_field_added_since_the_stored_run_differs_only_off_its_default():
+    """A config.json written before grpo.kl_schedule existed: the new field at its default is
+    what that run did, so it resumes; at another value it is another run."""
+    stored = {"grpo": {"steps": 10, "kl_coef": 0.1}}
+    defaults = {"grpo": {"steps": 100, "kl_coef": 0.001, "kl_schedule": "constant"}}
+    at_default = {"grpo": {"steps": 10, "kl_coef": 0.1, "kl_schedule": "constant"}}
+    assert config_differences(stored, at_default, (), defaults=defaults) == []
+    assert config_differences(stored, at_default, ()) == ["grpo.kl_schedule"]
+    changed = {"grpo": {"steps": 10, "kl_coef": 0.1, "kl_schedule": "cosine"}}
+    assert config_differences(stored, changed, (), defaults=defaults) == ["grpo.kl_schedule"]
+    # a field the stored run has and the new config lacks still differs
+    assert config_differences(at_default, stored, (), defaults=defaults) == ["grpo.kl_schedule"]
+
+
 def test_config_differences_compares_as_config_json_stores():
     new = ml_collections.ConfigDict({"grpo": {"max_grad_norm": math.inf, "weights": (1, 2)}, "pool": {}})
     stored = json.loads(json.dumps(run_dir._to_jsonable(new.to_dict())))  # inf -> null, tuple -> list

@@ -229,3 +229,23 @@ def test_iteration_builds_the_shared_batch_and_recomputes_old_logprobs_on_it():
     np.testing.assert_array_equal(two["logp_old_bt"], -2.0 * expected["loss_mask_bt"])
     full = make(1, False).train_batch(None, rollout, adv)
     assert "prompt_tokens_up" not in full and full["tokens_bt"].shape[0] == 6
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_iteration_puts_the_scheduled_kl_coefficient_of_its_step_on_every_row(shared):
+    from types import SimpleNamespace
+
+    from recal_jax.losses import kl_coef_schedule
+    from recal_jax.training.iteration import GRPOIteration
+
+    tokens, mask, loss, plen = rollouts(u=2, g=3)
+    rollout = SimpleNamespace(tokens_bt=tokens, attention_mask_bt=mask, loss_mask_bt=loss, prompt_len_b=plen,
+                              logp_old_bt=-np.ones(tokens.shape, np.float32))
+    it = GRPOIteration(runner=SimpleNamespace(engine=SimpleNamespace(pad_id=V - 1)), calibration=None,
+                       train_step=None, logprobs_fn=None, group_size=3, shared_prompt=shared, shared_prompt_bucket=4,
+                       kl_coef_schedule=kl_coef_schedule("linear", 0.1, 0.0, 10))
+    batch = it.train_batch(SimpleNamespace(data_position=np.int32(4)), rollout, np.zeros(6, np.float32))
+    np.testing.assert_allclose(batch["kl_coef_b"], np.full(6, 0.1 * (1 - 4 / 10)), rtol=1e-6)
+    assert batch["kl_coef_b"].dtype == np.float32
+    it.kl_coef_schedule = None
+    assert "kl_coef_b" not in it.train_batch(SimpleNamespace(data_position=4), rollout, np.zeros(6, np.float32))

@@ -283,3 +283,38 @@ def test_train_batch_drops_old_logprobs_for_one_update():
     assert calls == [(4, 40)] and float(two["logp_old_bt"].min()) == -2.0
     off = make(1, False).train_batch(state, rollout, adv)
     np.testing.assert_array_equal(off["logp_old_bt"], -1.0)
+
+
+def test_per_row_kl_coefficient_in_the_batch():
+    """batch['kl_coef_b'] (grpo.kl_schedule) replaces loss_config.kl_coef: the loss is policy_loss
+    with those per-row weights, and a constant row vector equals the constant. Measured two steps
+    after the start (at the reference itself the KL term is 0, and OPT's warm-up makes the first
+    step's learning rate 0); a step donates its state, so each measurement starts afresh."""
+    mesh = make_mesh(data=2, devices=jax.devices()[:2])
+    batch = grpo_batch(new_state())
+    step = make_train_step(new_state().graphdef, make_optimizer(OPT), LOSS, mesh, 1)
+
+    def after_two_steps():
+        return step(step(new_state(), batch)[0], batch)[0]
+
+    def loss_after(extra):
+        return float(step(after_two_steps(), {**batch, **extra})[1]["loss"])
+
+    state0 = new_state()
+    logp_ref, _ = compute_logprobs(state0.graphdef, state0.params, batch["tokens_bt"], batch["attention_mask_bt"])
+    state2 = after_two_steps()
+    logp2, _ = compute_logprobs(state2.graphdef, state2.params, batch["tokens_bt"], batch["attention_mask_bt"])
+    mask = batch["loss_mask_bt"].copy()
+    mask[:, 0] = 0
+    coef_b = np.linspace(0.0, 0.2, B).astype(np.float32)
+    want, _ = policy_loss(logp2, batch["logp_old_bt"], batch["advantages_b"], mask, dual_clip=3.0, agg=LOSS.agg,
+                          logp_ref=logp_ref, kl_coef=jnp.asarray(coef_b))
+    per_row = loss_after({"kl_coef_b": coef_b})
+    np.testing.assert_allclose(per_row, want.value(), rtol=1e-5, atol=1e-6)
+    constant = loss_after({})
+    np.testing.assert_allclose(loss_after({"kl_coef_b": np.full(B, LOSS.kl_coef, np.float32)}), constant,
+                               rtol=1e-6, atol=1e-7)
+    assert abs(per_row - constant) > 1e-6
+    no_kl = make_train_step(state0.graphdef, make_optimizer(OPT), LossConfig(kl_coef=0.0), mesh, 1)
+    with pytest.raises(ValueError, match="kl_coef_b.*needs loss_config.kl_coef > 0"):
+        no_kl(new_state().replace(ref_params=None), {**batch, "kl_coef_b": coef_b})

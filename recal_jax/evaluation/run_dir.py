@@ -291,10 +291,16 @@ def _is_safe(key: str, safe_prefixes: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p if p.endswith(".") else p + ".") for p in safe_prefixes)
 
 
-def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any], safe_prefixes: Sequence[str]) -> list[str]:
+def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any], safe_prefixes: Sequence[str],
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
     """The dotted keys whose values differ between two nested configs (a key present on one
     side only differs), without those under `safe_prefixes`, sorted. Values compare as
-    config.json holds them, so a stored list equals a new tuple."""
+    config.json holds them, so a stored list equals a new tuple. With `defaults` (a nested
+    config of every field's default), a key that `stored` lacks and `new` holds at its default
+    does not differ: a field added to the code since that run, whose default is what the code
+    did before it existed (the convention for every new option)."""
     a, b = _flat_config(stored), _flat_config(new)
-    differ = (k for k in set(a) | set(b) if k not in a or k not in b or a[k] != b[k])
+    d = _flat_config(defaults) if defaults is not None else {}
+    added_at_default = {k for k in set(b) - set(a) if k in d and d[k] == b[k]}
+    differ = (k for k in (set(a) | set(b)) - added_at_default if k not in a or k not in b or a[k] != b[k])
     return sorted(k for k in differ if not _is_safe(k, safe_prefixes))

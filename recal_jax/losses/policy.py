@@ -26,7 +26,7 @@ def _check_inputs(logp, logp_old, advantages, loss_mask, logp_ref, entropy):
 
 def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, loss_mask: jax.Array, *,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
-                agg: str = "token-mean", logp_ref: jax.Array | None = None, kl_coef: float = 0.0,
+                agg: str = "token-mean", logp_ref: jax.Array | None = None, kl_coef: float | jax.Array = 0.0,
                 kl_kind: str = "k3", entropy: jax.Array | None = None) -> tuple[LossTerms, dict]:
     """Clipped surrogate loss with optional dual clip and KL penalty.
 
@@ -39,7 +39,8 @@ def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, los
       dual_clip: c > 1; where A < 0 the token loss is capped at -A * c. None: off.
       agg: aggregation mode (recal_jax.losses.AGG_MODES).
       logp_ref, kl_coef, kl_kind: add kl_coef * kl_penalty(logp, logp_ref, kl_kind) per
-        token (needs logp_ref when kl_coef != 0).
+        token (needs logp_ref when kl_coef != 0). kl_coef: a number, or f32[B] one per row
+        (a scheduled coefficient, traced, so that a new value does not recompile the step).
       entropy: f32[B,T] per-token entropy, reported as a metric only.
 
     Per token: rho = exp(clip(logp - logp_old, -20, 20)),
@@ -58,7 +59,7 @@ def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, los
           reduce them across micro-batches with min / max.
     """
     _check_inputs(logp, logp_old, advantages, loss_mask, logp_ref, entropy)
-    _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref)
+    _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref, jnp.shape(logp)[0])
     logp = jnp.asarray(logp, jnp.float32)
     logp_old = jnp.asarray(logp_old, jnp.float32)
     mask = jnp.asarray(loss_mask, jnp.float32)
@@ -70,7 +71,9 @@ def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, los
     aux = {}
     if logp_ref is not None:
         kl_bt = kl_penalty(logp, logp_ref, kl_kind)
-        if kl_coef != 0.0:
+        if _is_array(kl_coef):
+            loss_bt = loss_bt + jnp.asarray(kl_coef, jnp.float32)[:, None] * kl_bt
+        elif kl_coef != 0.0:
             loss_bt = loss_bt + kl_coef * kl_bt
         aux["kl"] = aggregate_terms(jax.lax.stop_gradient(kl_bt), mask, "token-mean")
     loss = aggregate_terms(loss_bt, mask, agg)
@@ -83,8 +86,14 @@ def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, los
     return loss, aux
 
 
-def _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref) -> None:
+def _is_array(x) -> bool:
+    return not isinstance(x, (int, float))
+
+
+def _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref, rows) -> None:
     check_mode(agg)
+    if _is_array(kl_coef) and jnp.shape(kl_coef) != (rows,):
+        raise ValueError(f"policy_loss: kl_coef must be a number or f32[B]=({rows},); got shape {jnp.shape(kl_coef)}")
     if kl_kind not in KL_KINDS:
         raise ValueError(f"unknown KL estimator {kl_kind!r}; expected one of {KL_KINDS}")
     if not (0.0 <= clip_low < 1.0) or clip_high < 0.0:
@@ -92,7 +101,7 @@ def _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_r
                          f"got clip_low={clip_low}, clip_high={clip_high}")
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"policy_loss: dual_clip must be > 1; got {dual_clip}")
-    if kl_coef != 0.0 and logp_ref is None:
+    if (_is_array(kl_coef) or kl_coef != 0.0) and logp_ref is None:
         raise ValueError("policy_loss: kl_coef != 0 needs logp_ref")
 
 

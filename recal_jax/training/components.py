@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from recal_jax.calibration import CalibrationConfig
 from recal_jax.data.schema import RoutingLog, RoutingRecord
+from recal_jax.losses import kl_coef_schedule
 from recal_jax.rollout.engine import RolloutEngine
 from recal_jax.rollout.runner import RolloutRunner, Scorer
 from recal_jax.rollout.sampler import GREEDY, SamplingOptions
@@ -101,8 +102,15 @@ def grpo_iteration(grpo: GrpoSection, *, runner: RolloutRunner, calibration: Cal
         runner=runner, calibration=calibration, train_step=train_step, logprobs_fn=logprobs,
         group_size=grpo.group_size, updates_per_batch=grpo.updates_per_batch,
         recompute_old_logprobs=grpo.recompute_old_logprobs, sampling=train_sampling(grpo), mesh=mesh,
-        shared_prompt=uses_shared_prompt(grpo, mesh),
+        shared_prompt=uses_shared_prompt(grpo, mesh), kl_coef_schedule=kl_coef_schedule_of(grpo),
     )
+
+
+def kl_coef_schedule_of(grpo: GrpoSection):
+    """grpo.kl_schedule over grpo.steps; None for a constant coefficient (the loss config's own)."""
+    if grpo.kl_schedule == "constant":
+        return None
+    return kl_coef_schedule(grpo.kl_schedule, grpo.kl_coef, grpo.kl_coef_final, grpo.steps)
 
 
 def uses_shared_prompt(grpo: GrpoSection, mesh: Mesh | None) -> bool:

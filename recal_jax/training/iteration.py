@@ -47,6 +47,8 @@ class GRPOIteration:
     shared_prompt: bool = False
     shared_prompt_bucket: int = SHARED_PROMPT_BUCKET
     mesh: Mesh | None = None  # the train step's mesh: needed with several processes (see _call_multi_process)
+    # step -> KL coefficient (grpo.kl_schedule); None: the train step's own loss_config.kl_coef
+    kl_coef_schedule: Callable[[int], float] | None = None
 
     def __call__(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
         if jax.process_count() > 1:
@@ -61,7 +63,7 @@ class GRPOIteration:
         state, step_metrics = self._update(state, batch, calib_state)
         elapsed = time.perf_counter() - t0
         metrics = self._metrics(rollout, rewards, ids_u, diag, step_metrics, seconds=elapsed, rollout_seconds=t_rollout,
-                                n_tokens=float(rollout.attention_mask_bt.sum()))
+                                n_tokens=float(rollout.attention_mask_bt.sum()), kl_coef=batch.get("kl_coef_b"))
         return state, metrics
 
     def _call_multi_process(self, state: TrainState, records: Sequence[RoutingRecord]) -> tuple[TrainState, dict]:
@@ -97,7 +99,8 @@ class GRPOIteration:
                                  width=width, params=params)
         state, step_metrics = self._update(state, host_local_batch_to_global(batch, self.mesh), calib_state)
         metrics = self._metrics(rollout, rewards, ids_u, diag, step_metrics, n_tokens=float(rows["tokens_b"].sum()),
-                                seconds=time.perf_counter() - t0, rollout_seconds=t_rollout)
+                                seconds=time.perf_counter() - t0, rollout_seconds=t_rollout,
+                                kl_coef=batch.get("kl_coef_b"))
         metrics["completion_tokens"] = float(rows["completion_tokens_b"].mean())
         return state, metrics
 
@@ -119,11 +122,13 @@ class GRPOIteration:
         return state, step_metrics
 
     def _metrics(self, rollout: RolloutBatch, rewards: RewardBatch, ids_u: np.ndarray, diag, step_metrics, *,
-                 n_tokens: float, seconds: float, rollout_seconds: float) -> dict[str, Any]:
+                 n_tokens: float, seconds: float, rollout_seconds: float, kl_coef=None) -> dict[str, Any]:
         diag = jax.device_get(diag)
         reward_mean_k = diag.pop("reward_mean_k")  # logged as reward/<component>
         metrics = rollout_metrics(rollout, rewards, reward_mean_k, self.runner.scorer.log.datasets, ids_u)
         metrics.update({f"loss/{k}": v for k, v in jax.device_get(step_metrics).items()})
+        if kl_coef is not None:  # the scheduled coefficient of this step's update
+            metrics["loss/kl_coef"] = float(np.asarray(jax.device_get(kl_coef)).reshape(-1)[0])
         metrics["calibration"] = diag
         metrics["perf"] = {"seconds": seconds, "rollout_seconds": rollout_seconds,
                            "tokens_per_second": n_tokens / max(seconds, 1e-9)}
@@ -142,7 +147,8 @@ class GRPOIteration:
         no logp_old_bt and the step uses stop_gradient of its own forward (ratio exactly 1,
         no extra forward pass); with several updates they are recomputed here once, before
         the first update, under `params` (default state.params). Without it, the sampler's
-        log-probs are used.
+        log-probs are used. With `kl_coef_schedule`, kl_coef_b holds the coefficient of step
+        state.data_position on every row.
         """
         if self.shared_prompt and width is None:
             batch = shared_prompt_batch(
@@ -162,6 +168,9 @@ class GRPOIteration:
                 "logp_old_bt": _columns(rollout.logp_old_bt, t),
             }
         batch["advantages_b"] = advantages_b.astype(np.float32)
+        if self.kl_coef_schedule is not None:
+            coef = float(self.kl_coef_schedule(int(state.data_position)))
+            batch["kl_coef_b"] = np.full(advantages_b.shape, coef, np.float32)
         if self.recompute_old_logprobs and self.updates_per_batch == 1:
             del batch["logp_old_bt"]
         elif self.recompute_old_logprobs:

@@ -23,7 +23,7 @@ from recal_jax.evaluation.stability import stability
 from recal_jax.models import save_pretrained
 from recal_jax.training import evaluation
 from recal_jax.training.result import RunResult
-from recal_jax.training.run_config import ConfigError, RunConfig
+from recal_jax.training.run_config import ConfigError, RunConfig, default_dict
 
 if TYPE_CHECKING:
     from recal_jax.training.setup import Run
@@ -90,7 +90,7 @@ def stored_config_differences(path: pathlib.Path, cfg: RunConfig) -> list[str]:
         return ["config.json (unreadable)"]
     if not isinstance(stored, dict):
         return ["config.json (not an object)"]
-    return config_differences(stored, cfg.to_dict(), SAFE_TO_CHANGE)
+    return config_differences(stored, cfg.to_dict(), SAFE_TO_CHANGE, defaults=default_dict())
 
 
 def finish(run: "Run", run_dir: RunDir, state, key, *, sft_policy: dict | None, facts: dict) -> RunResult:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from recal_jax.calibration import ALL_PRESET_NAMES, CalibrationConfig
 from recal_jax.data.registry import SUITES, OptionError, options_from_mapping
 from recal_jax.data.schema import PROTOCOLS
-from recal_jax.losses import AGG_MODES, KL_KINDS
+from recal_jax.losses import AGG_MODES, KL_KINDS, KL_SCHEDULES
 from recal_jax.models.config import PRESETS as MODEL_PRESETS
 from recal_jax.models.config import REMAT_POLICIES
 from recal_jax.models.tokenizer import PROTOCOL_TAGS, split_pieces
@@ -148,6 +148,10 @@ class GrpoSection:
     clip_high: float = 0.2
     dual_clip: float = 0.0
     kl_coef: float = 0.001
+    # the KL coefficient over the GRPO steps (components.KL_SCHEDULES): constant kl_coef, or from
+    # kl_coef at step 0 to kl_coef_final at the last step, linearly or along a half cosine
+    kl_schedule: str = "constant"
+    kl_coef_final: float = 0.0
     kl_kind: str = "k3"
     loss_agg: str = "token-mean"
     temperature: float = 1.0
@@ -469,6 +473,8 @@ _RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("grpo.temperature", _POS, "must be a finite number > 0 (greedy evaluation is eval.greedy)"),
     ("grpo.top_p", _real(0.0, 1.0, open_low=True), "must lie in (0, 1]"),
     ("grpo.kl_coef", _real(0.0), "must be a finite number >= 0"),
+    ("grpo.kl_schedule", _one_of(KL_SCHEDULES), f"expected one of {KL_SCHEDULES}"),
+    ("grpo.kl_coef_final", _real(0.0), "must be a finite number >= 0"),
     ("grpo.kl_kind", _one_of(KL_KINDS), f"expected one of {KL_KINDS}"),
     ("grpo.loss_agg", _one_of(AGG_MODES), f"expected one of {AGG_MODES}"),
     ("grpo.clip_low", _real(0.0), "must be a finite number >= 0"),
@@ -548,6 +554,9 @@ def _check_data(cfg: RunConfig, check_paths: bool) -> None:
 
 def _check_shapes(cfg: RunConfig, check_paths: bool) -> None:
     g = cfg.grpo
+    if g.kl_schedule != "constant" and not g.kl_coef > 0:
+        raise _flag("grpo.kl_schedule", g.kl_schedule, f"starts at grpo.kl_coef, which is {g.kl_coef:g}: a "
+                    f"schedule needs grpo.kl_coef > 0 (the reference model is only kept when it is)")
     rows = g.instances_per_step * g.group_size
     if rows > MAX_ROLLOUTS_PER_STEP:
         raise _flag("grpo.instances_per_step", g.instances_per_step,

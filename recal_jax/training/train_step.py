@@ -196,7 +196,7 @@ def compute_logprobs(graphdef: nnx.GraphDef, params: Any, tokens_bt: jax.Array,
 # ------------------------------------------------------------------ batch checks
 
 _GRPO_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt", "advantages_b")
-_GRPO_OPTIONAL = ("logp_old_bt", "logp_ref_bt")
+_GRPO_OPTIONAL = ("logp_old_bt", "logp_ref_bt", "kl_coef_b")
 _PROMPT_KEYS = ("prompt_tokens_up", "prompt_len_u")  # the shared-prompt layout's [U, ...] arrays
 _SFT_KEYS = ("tokens_bt", "attention_mask_bt", "loss_mask_bt")
 
@@ -390,7 +390,9 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
       advantages_b f32[B]; optionally logp_old_bt f32[B,T] (absent: stop_gradient of the
       current log-probs, i.e. ratio 1, for one update per batch) and logp_ref_bt f32[B,T]
       (absent with loss_config.kl_coef > 0: computed per micro-batch from
-      state.ref_params inside the step). Or the shared-prompt layout (module doc): the
+      state.ref_params inside the step), and kl_coef_b f32[B], a per-row KL coefficient in
+      place of loss_config.kl_coef (a scheduled one; it needs loss_config.kl_coef > 0, which
+      keeps the reference). Or the shared-prompt layout (module doc): the
       same keys over the completions [B, C], plus prompt_tokens_up i32[U, P] and
       prompt_len_u i32[U], with U divisible by num_microbatches * data * fsdp.
     B must be divisible by num_microbatches * data * fsdp. logprob_chunk_tokens: tokens
@@ -415,7 +417,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
             return policy_loss(
                 logp, logp_old, mb["advantages_b"], _policy_mask(mb),
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-                agg=cfg.agg, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
+                agg=cfg.agg, logp_ref=logp_ref, kl_coef=mb.get("kl_coef_b", cfg.kl_coef),
                 kl_kind=cfg.kl_kind, entropy=ent)
 
         return _grad_step(loss_fn, state, dict(batch), n, mesh, optimizer)
@@ -426,6 +428,9 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         _check_batch(b, _GRPO_KEYS, _GRPO_OPTIONAL + _PROMPT_KEYS, rows)
         if cfg.kl_coef > 0 and "logp_ref_bt" not in b and state.ref_params is None:
             raise ValueError("kl_coef > 0 needs batch['logp_ref_bt'] or state.ref_params")
+        if "kl_coef_b" in b and not cfg.kl_coef > 0 and "logp_ref_bt" not in b:
+            raise ValueError("batch['kl_coef_b'] needs loss_config.kl_coef > 0 (the reference forward "
+                             "is built only then) or batch['logp_ref_bt']")
 
     return _ShardedStep(step_fn, mesh, tensor_parallel, check)
 
