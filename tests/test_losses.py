@@ -363,6 +363,9 @@ def test_per_row_kl_coefficient_matches_reference():
     loss, _ = policy_loss(logp, old, adv, mask, logp_ref=ref, kl_coef=jnp.asarray(coef_b), agg="token-mean")
     tok = ref_token_loss(logp, old, adv) + coef_b[:, None] * ref_kl(logp, ref, "k3")
     np.testing.assert_allclose(loss.value(), ref_aggregate(tok, mask, "token-mean"), rtol=1e-5, atol=1e-6)
+    scalar, _ = policy_loss(logp, old, adv, mask, logp_ref=ref, kl_coef=np.float32(0.05))  # a numpy scalar is a number
+    tok = ref_token_loss(logp, old, adv) + 0.05 * ref_kl(logp, ref, "k3")
+    np.testing.assert_allclose(scalar.value(), ref_aggregate(tok, mask, "token-mean"), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"kl_coef must be a number or f32\[B\]"):
         policy_loss(logp, old, adv, mask, logp_ref=ref, kl_coef=jnp.zeros(logp.shape[0] + 1))
     with pytest.raises(ValueError, match="kl_coef != 0 needs logp_ref"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from recal_jax.losses.aggregation import aggregate_terms, check_mode
 from recal_jax.losses.kl import KL_KINDS, LOG_RATIO_CLIP, kl_penalty
@@ -87,7 +88,8 @@ def policy_loss(logp: jax.Array, logp_old: jax.Array, advantages: jax.Array, los
 
 
 def _is_array(x) -> bool:
-    return not isinstance(x, (int, float))
+    """kl_coef given per row (an array) rather than as one number (a Python or numpy scalar)."""
+    return not isinstance(x, (int, float, np.integer, np.floating))
 
 
 def _check_options(agg, kl_kind, clip_low, clip_high, dual_clip, kl_coef, logp_ref, rows) -> None:
