@@ -122,13 +122,13 @@ class GRPOIteration:
         return state, step_metrics
 
     def _metrics(self, rollout: RolloutBatch, rewards: RewardBatch, ids_u: np.ndarray, diag, step_metrics, *,
-                 n_tokens: float, seconds: float, rollout_seconds: float, kl_coef=None) -> dict[str, Any]:
+                 n_tokens: float, seconds: float, rollout_seconds: float, kl_coef: np.ndarray | None = None) -> dict[str, Any]:
         diag = jax.device_get(diag)
         reward_mean_k = diag.pop("reward_mean_k")  # logged as reward/<component>
         metrics = rollout_metrics(rollout, rewards, reward_mean_k, self.runner.scorer.log.datasets, ids_u)
         metrics.update({f"loss/{k}": v for k, v in jax.device_get(step_metrics).items()})
         if kl_coef is not None:  # the scheduled coefficient of this step's update
-            metrics["loss/kl_coef"] = float(np.asarray(jax.device_get(kl_coef)).reshape(-1)[0])
+            metrics["loss/kl_coef"] = float(kl_coef[0])
         metrics["calibration"] = diag
         metrics["perf"] = {"seconds": seconds, "rollout_seconds": rollout_seconds,
                            "tokens_per_second": n_tokens / max(seconds, 1e-9)}

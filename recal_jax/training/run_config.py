@@ -148,7 +148,7 @@ class GrpoSection:
     clip_high: float = 0.2
     dual_clip: float = 0.0
     kl_coef: float = 0.001
-    # the KL coefficient over the GRPO steps (components.KL_SCHEDULES): constant kl_coef, or from
+    # the KL coefficient over the GRPO steps (losses.KL_SCHEDULES): constant kl_coef, or from
     # kl_coef at step 0 to kl_coef_final at the last step, linearly or along a half cosine
     kl_schedule: str = "constant"
     kl_coef_final: float = 0.0
