@@ -278,10 +278,23 @@ def sweep_result(test: RoutingLog, name: str, pred_qm, cost_m, lambdas) -> Route
     return dataclasses.replace(results[0], lambda_sweep=sweep)
 
 
-def classical_routers(train: RoutingLog, test: RoutingLog, *, seed: int = 0,
-                      config: ClassicalConfig = ClassicalConfig()) -> dict[str, RouterResult]:
-    """{"knn", "linear", "softmax"} -> RouterResult on `test` at lambda = 0 with its lambda
-    sweep (`RouterResult.lambda_sweep`); the name records the chosen k / L2 strength."""
+@dataclasses.dataclass(frozen=True)
+class ClassicalPredictions:
+    """The classical routers' per-model score predictions on a test split, before routing.
+
+    pred_qm: {"knn", "linear", "softmax"} -> f64[Q, M] (test questions x `models`);
+    names: the same keys -> the label with the chosen k / L2 strength;
+    cost_m: f64[M], each model's mean train cost over the largest (the lambda sweep's unit).
+    `route(pred_qm[key], cost_m, lam)` is the router's choice per test question at lambda."""
+
+    pred_qm: dict
+    names: dict
+    cost_m: np.ndarray
+
+
+def classical_predictions(train: RoutingLog, test: RoutingLog, *, seed: int = 0,
+                          config: ClassicalConfig = ClassicalConfig()) -> ClassicalPredictions:
+    """Fit the kNN, linear and softmax routers on `train` and predict on `test`."""
     check_logs(train, test)
     scores_nm, costs_nm = score_and_cost_matrices(train)
     cost_m = relative_costs(costs_nm)
@@ -296,9 +309,18 @@ def classical_routers(train: RoutingLog, test: RoutingLog, *, seed: int = 0,
     for name, (kind, target) in targets.items():
         preds[name], info = linear_router(x_train, x_test, target, cost_m, scores_nm, heldout_n, kind, config)
         names[name] = f"{name} (l2={info['l2']:g})"
-    return {key: sweep_result(test, names[key], preds[key], cost_m, config.lambdas) for key in CLASSICAL_NAMES}
+    return ClassicalPredictions(preds, names, cost_m)
 
 
-__all__ = ["CLASSICAL_NAMES", "ClassicalConfig", "DEFAULT_LAMBDAS", "best_model_labels", "relative_costs",
-           "classical_routers", "featurize", "fit_linear", "knn_predictions", "neighbour_order", "route",
-           "softmax_targets"]
+def classical_routers(train: RoutingLog, test: RoutingLog, *, seed: int = 0,
+                      config: ClassicalConfig = ClassicalConfig()) -> dict[str, RouterResult]:
+    """{"knn", "linear", "softmax"} -> RouterResult on `test` at lambda = 0 with its lambda
+    sweep (`RouterResult.lambda_sweep`); the name records the chosen k / L2 strength."""
+    p = classical_predictions(train, test, seed=seed, config=config)
+    return {key: sweep_result(test, p.names[key], p.pred_qm[key], p.cost_m, config.lambdas)
+            for key in CLASSICAL_NAMES}
+
+
+__all__ = ["CLASSICAL_NAMES", "ClassicalConfig", "ClassicalPredictions", "DEFAULT_LAMBDAS", "best_model_labels",
+           "classical_predictions", "classical_routers", "featurize", "fit_linear", "knn_predictions",
+           "neighbour_order", "relative_costs", "route", "softmax_targets"]
