@@ -111,14 +111,20 @@ def run_gap(run_dir: Path, router: str = "linear", lam: float | None = None, dat
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: it has no config.json")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+        suite, seed = config["suite"], int(config["seed"])
+        run_data_dir = config.get("data_dir", "")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_path} is not a run's config (JSON with suite, seed and data_dir): "
+                         f"{type(e).__name__}: {e}") from None
     rollouts_dir = run_dir / "eval_rollouts"
     if not rollouts_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} has no eval_rollouts/: the run has not finished its evaluation")
-    data = load(config["suite"], data_dir or config["data_dir"], int(config["seed"]))
+    data = load(suite, data_dir or run_data_dir, seed)
     with quiet_datasets():
         policy = policy_rows(datasets.load_from_disk(str(rollouts_dir)), data.test)
-    pred_qm, cost_m = router_choices(data.train, data.test, router, int(config["seed"]))
+    pred_qm, cost_m = router_choices(data.train, data.test, router, seed)
     if lam is None:
         lam = nearest_lambda(pred_qm, cost_m, data.test, policy.cost.mean())
     return gap_table(policy, data.test, route(pred_qm, cost_m, lam)), lam

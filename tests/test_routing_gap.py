@@ -76,6 +76,10 @@ def test_unknown_router_and_missing_run_files_are_named(tmp_path):
         router_choices(TRAIN, TEST, "oracle", seed=0)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         run_gap(tmp_path)
+    for broken in ('{"suite": "dcrouter"', '{"suite": "dcrouter", "data_dir": ""}', '[1, 2]'):
+        (tmp_path / "config.json").write_text(broken)
+        with pytest.raises(ValueError, match="is not a run's config"):
+            run_gap(tmp_path)
     (tmp_path / "config.json").write_text('{"suite": "dcrouter", "data_dir": "", "seed": 0}')
     with pytest.raises(FileNotFoundError, match="no eval_rollouts"):
         run_gap(tmp_path)
