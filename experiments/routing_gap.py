@@ -27,7 +27,7 @@ import pandas as pd
 from recal_jax.data.jsonl import quiet_datasets
 from recal_jax.data.schema import RoutingLog
 from recal_jax.evaluation.classical_routers import (CLASSICAL_NAMES, DEFAULT_LAMBDAS, classical_predictions,
-                                                    relative_costs, route)
+                                                    relative_costs, route, sweep_result)
 from recal_jax.evaluation.router_result import score_and_cost_matrices
 
 ROUTERS = CLASSICAL_NAMES + ("task",)
@@ -68,10 +68,9 @@ def router_choices(train: RoutingLog, test: RoutingLog, router: str, seed: int) 
 def nearest_lambda(pred_qm, cost_m, test: RoutingLog, target_cost: float, lambdas=DEFAULT_LAMBDAS) -> float:
     """The lambda of the sweep whose routing costs nearest `target_cost` per query (the smaller
     lambda, the more accurate end, on ties)."""
-    scores_qm, costs_qm = score_and_cost_matrices(test)
-    q = np.arange(len(test))
-    costs = [costs_qm[q, route(pred_qm, cost_m, lam)].mean() for lam in lambdas]
-    return float(lambdas[int(np.argmin(np.abs(np.asarray(costs) - target_cost)))])
+    sweep = sweep_result(test, "nearest", pred_qm, cost_m, lambdas).lambda_sweep  # (lambda, cost, accuracy)
+    lam, _, _ = min(sweep, key=lambda point: abs(point[1] - target_cost))
+    return lam
 
 
 def _top(models: pd.Series, k: int = 3) -> str:

@@ -4,20 +4,8 @@ import numpy as np
 import pytest
 
 from experiments.routing_gap import gap_table, nearest_lambda, policy_rows, router_choices, run_gap
-from recal_jax.data.schema import ModelInfo, RoutingLog, RoutingRecord
+from tests.test_task_router import TRAIN, _log  # train means: math cheap 0.5 / big 1.0, chat cheap 1.0 / big 0.5
 
-MODELS = {m: ModelInfo(m) for m in ("cheap", "big")}
-COSTS = {"cheap": 1.0, "big": 4.0}
-
-
-def _log(rows, name):
-    records = [RoutingRecord(f"{name}{i}", d, f"q{i}", ("x",), {"cheap": c, "big": b}, costs=dict(COSTS))
-               for i, (d, c, b) in enumerate(rows)]
-    return RoutingLog(records, MODELS, ("math", "chat"), name=name)
-
-
-# train means: math cheap 0.5 / big 1.0, chat cheap 1.0 / big 0.5
-TRAIN = _log([("math", 1, 1), ("math", 0, 1), ("chat", 1, 1), ("chat", 1, 0)], "train")
 TEST = _log([("math", 0, 1), ("math", 1, 1), ("chat", 1, 0), ("chat", 0, 1)], "test")
 
 
